@@ -1,0 +1,42 @@
+"""Manifests: versioned Arrow schemas, sharded Parquet IO over fsspec, status and resume."""
+
+from facefab.manifests.schemas import (
+    COMMON_FIELDS,
+    MANIFEST_KINDS,
+    SCHEMA_VERSION,
+    STATUS_FAILED,
+    STATUS_FILTERED,
+    STATUS_OK,
+    schema_for,
+)
+from facefab.manifests.storage import (
+    atomic_write_bytes,
+    exists,
+    join_uri,
+    open_fs,
+    read_bytes,
+    storage_options_from_env,
+)
+from facefab.manifests.io import ManifestWriter, read_manifest, read_table
+from facefab.manifests.resume import ResumePlan, plan_resume
+
+__all__ = [
+    "COMMON_FIELDS",
+    "MANIFEST_KINDS",
+    "SCHEMA_VERSION",
+    "STATUS_FAILED",
+    "STATUS_FILTERED",
+    "STATUS_OK",
+    "ManifestWriter",
+    "ResumePlan",
+    "atomic_write_bytes",
+    "exists",
+    "join_uri",
+    "open_fs",
+    "plan_resume",
+    "read_bytes",
+    "read_manifest",
+    "read_table",
+    "schema_for",
+    "storage_options_from_env",
+]

@@ -1,0 +1,165 @@
+"""Object-storage helpers over fsspec: one way to open a filesystem, join URIs and commit atomically.
+
+Atomic commit: local files are written to a dot-prefixed temp name in the destination folder and
+moved into place with os.replace (atomic on POSIX). On object stores a single PUT is already
+all-or-nothing, so the object is uploaded from a local temp file in one request.
+Readers list only names without a leading '.' or '_', so in-flight temp files are never seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+ENV_STORAGE_OPTIONS = "FACEFAB_STORAGE_OPTIONS"
+
+
+def storage_options_from_env(explicit: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """Storage options for S3-compatible stores.
+
+    Precedence: explicit options (dict or JSON string) > $FACEFAB_STORAGE_OPTIONS (JSON) >
+    the standard AWS variables (AWS_ENDPOINT_URL / FACEFAB_S3_ENDPOINT, AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY), which s3fs would also pick up except for the endpoint.
+    """
+    opts: dict[str, Any] = {}
+    endpoint = os.environ.get("FACEFAB_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+    if os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        opts["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+    env_json = os.environ.get(ENV_STORAGE_OPTIONS)
+    if env_json:
+        opts.update(_parse_options(env_json, ENV_STORAGE_OPTIONS))
+    if explicit:
+        opts.update(_parse_options(explicit, "--storage-options") if isinstance(explicit, str) else explicit)
+    return _normalise_s3_options(opts)
+
+
+def _parse_options(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} must be a JSON object, got {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _normalise_s3_options(opts: dict[str, Any]) -> dict[str, Any]:
+    # s3fs takes the endpoint under client_kwargs; accept the flat spelling users type.
+    opts = dict(opts)
+    endpoint = opts.pop("endpoint_url", None)
+    if endpoint:
+        opts.setdefault("client_kwargs", {})
+        opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": endpoint}
+    return opts
+
+
+def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) for a local path, file:// or any fsspec URI (s3://, gs://, memory://)."""
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    opts = storage_options if protocol not in ("file", "local") else {}
+    fs, path = fsspec.core.url_to_fs(uri, **(opts or {}))
+    return fs, path
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path_of(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def join_uri(root: str, *parts: str) -> str:
+    root = root.rstrip("/")
+    if "://" in root:
+        scheme, rest = root.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return os.path.join(root, *parts)
+
+
+def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = open_fs(uri, storage_options)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = open_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def atomic_write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write `data` to `uri` so that readers see either nothing or the whole object."""
+    fs, path = open_fs(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with tempfile.NamedTemporaryFile(prefix=".facefab-", delete=False) as tmp:
+        tmp.write(data)
+        tmp_path = tmp.name
+    try:
+        atomic_put_file(tmp_path, uri, storage_options)
+    finally:
+        os.unlink(tmp_path)
+
+
+def atomic_put_file(local_file: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move/upload a finished local file to `uri` in one atomic step (the local file is kept)."""
+    fs, path = open_fs(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            fs.cp_file(local_file, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    fs.put_file(local_file, path)
+
+
+def list_visible(uri: str, suffix: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Committed files under a folder: names ending in `suffix`, skipping '.'/'_' temp names."""
+    fs, path = open_fs(uri, storage_options)
+    if not fs.exists(path):
+        return []
+    fs.invalidate_cache(path)
+    names = []
+    for entry in fs.ls(path, detail=False):
+        base = posixpath.basename(entry.rstrip("/"))
+        if base.endswith(suffix) and not base.startswith((".", "_")):
+            names.append(entry)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if isinstance(fs, LocalFileSystem):
+        return sorted(names)
+    return sorted(f"{protocol}://{n}" for n in names)
+
+
+def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    fs, path = open_fs(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,0 +1,189 @@
+"""The operator contract every stage follows (preprocess operators and generators alike).
+
+An operator declares the row columns it reads (`inputs`) and writes (`outputs`), the resources
+one worker needs, whether it holds state (models -> actor pool) and whether it fans out (one row
+-> many rows). `setup()` runs once per worker; `process_row(row)` does the work for one row.
+
+Errors never escape a row: `apply()` turns an exception into that row's `failed` status with the
+operator name, exception type and message, and `Filtered` into status `filtered` with the reason.
+Rows that are not `ok` pass through untouched, so downstream operators skip them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
+from facefab.manifests.storage import join_uri
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 2000
+
+
+class OperatorError(Exception):
+    """An expected, explainable failure of one row (e.g. 'no face found in 250 frames')."""
+
+
+class Filtered(Exception):
+    """The row is valid but does not pass a threshold; it is kept with status `filtered`."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of an operator needs. Fractional CPUs keep small machines from starving
+    the read tasks; `num_gpus` is only requested when the cluster has GPUs."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    batch_size: int = 1
+    pool_size: int = 1  # actors in the pool (upper bound when autoscaling)
+    min_pool_size: int = 1
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run writes and how to reach the store. Shipped to every worker."""
+
+    out_root: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    use_gpu: bool = False
+
+    def artifact_uri(self, kind: str, row_id: str, suffix: str) -> str:
+        # Two-level fan-out by id prefix keeps folders small on object stores and local disks.
+        return join_uri(self.out_root, "artifacts", kind, row_id[:2], f"{row_id}{suffix}")
+
+
+def stable_id(*parts: Any) -> str:
+    """Deterministic row id from its defining inputs, so reruns produce the same ids."""
+    h = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return h[:20]
+
+
+class Operator:
+    """Base class. Subclasses set the class attributes and implement `process_row`."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+    stateful: ClassVar[bool] = False  # True: hosted in an actor pool (models, caches)
+    fan_out: ClassVar[bool] = False  # True: process_row returns a list of rows
+    default_resources: ClassVar[Resources] = Resources()
+
+    @dataclass
+    class Config:
+        """Operator settings; subclasses extend it with their own fields."""
+
+    def __init__(self, config: "Operator.Config | dict | None" = None, ctx: RunContext | None = None,
+                 resources: Resources | None = None):
+        self.config = self._coerce_config(config)
+        self.ctx = ctx or RunContext(out_root=".")
+        self.resources = resources or self.default_resources
+        self._is_setup = False
+
+    @classmethod
+    def _coerce_config(cls, config):
+        if config is None:
+            return cls.Config()
+        if isinstance(config, cls.Config):
+            return config
+        if isinstance(config, dict):
+            known = {f.name for f in fields(cls.Config)}
+            unknown = set(config) - known
+            if unknown:
+                raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
+            return cls.Config(**config)
+        raise TypeError(f"{cls.name}: config must be {cls.Config.__name__} or dict, got {type(config).__name__}")
+
+    def with_context(self, ctx: RunContext) -> "Operator":
+        return type(self)(self.config, ctx, self.resources)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models / open resources once per worker."""
+
+    def ensure_setup(self) -> None:
+        if not self._is_setup:
+            self.setup()
+            self._is_setup = True
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        raise NotImplementedError
+
+    # -- the engine calls this -------------------------------------------------------------
+    def apply(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run on one row with error isolation; always returns a list of rows."""
+        if row.get("status", STATUS_OK) != STATUS_OK:
+            return [row]
+        missing = [c for c in self.inputs if _is_missing(row.get(c))]
+        if missing:
+            return [mark_failed(row, self.name, "MissingInput",
+                                f"{self.name} needs column(s) {missing}, which are empty on this row")]
+        start = time.perf_counter()
+        try:
+            self.ensure_setup()
+            result = self.process_row(dict(row))
+        except Filtered as exc:
+            return [mark(row, STATUS_FILTERED, self.name, "Filtered", str(exc))]
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
+            log.debug("%s failed on row %s:\n%s", self.name, row.get("id"), traceback.format_exc())
+            return [mark_failed(row, self.name, type(exc).__name__, str(exc) or repr(exc))]
+        elapsed = time.perf_counter() - start
+        outs = result if isinstance(result, list) else [result]
+        if not self.fan_out and len(outs) != 1:
+            return [mark_failed(row, self.name, "OperatorBug", f"{self.name} returned {len(outs)} rows, expected 1")]
+        stamped = []
+        for out in outs:
+            merged = {**row, **out}
+            merged["op_versions"] = _json_merge(row.get("op_versions"), {self.name: self.version})
+            merged["op_seconds"] = _json_merge(row.get("op_seconds"), {self.name: round(elapsed / max(1, len(outs)), 6)})
+            stamped.append(merged)
+        return stamped
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN from pandas
+        return True
+    if isinstance(value, str) and value == "":
+        return True
+    return False
+
+
+def _json_merge(existing: Any, new: dict[str, Any]) -> str:
+    base = json.loads(existing) if isinstance(existing, str) and existing else {}
+    base.update(new)
+    return json.dumps(base, sort_keys=True)
+
+
+def mark(row: dict[str, Any], status: str, operator: str, error_type: str, message: str) -> dict[str, Any]:
+    out = dict(row)
+    out["status"] = status
+    out["error"] = json.dumps({"type": error_type, "message": message[:MAX_ERROR_CHARS], "operator": operator})
+    return out
+
+
+def mark_failed(row: dict[str, Any], operator: str, error_type: str, message: str) -> dict[str, Any]:
+    return mark(row, STATUS_FAILED, operator, error_type, message)
+
+
+__all__ = [
+    "Filtered",
+    "Operator",
+    "OperatorError",
+    "Resources",
+    "RunContext",
+    "mark",
+    "mark_failed",
+    "stable_id",
+]

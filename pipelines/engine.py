@@ -1,0 +1,238 @@
+"""Turn a list of operators into a Ray Data pipeline and run it against a manifest root.
+
+- stateful operators (models, caches) -> `map_batches` on an actor pool (ActorPoolStrategy),
+  with `num_gpus` only when the cluster has GPUs;
+- stateless fan-out operators (one video -> many clips) -> `flat_map` tasks;
+- other stateless operators -> `map_batches` tasks.
+
+`run_pipeline` adds the run around it: resume plan from the existing manifest, streaming the
+results into manifest shards as they arrive (so an interrupted run keeps its finished rows),
+compaction, and ROOT/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from facefab.manifests.io import ManifestWriter, compact, new_run_id, read_manifest
+from facefab.manifests.resume import plan_resume
+from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
+from facefab.manifests.storage import atomic_write_bytes, join_uri
+from facefab.operators.base import Operator, RunContext
+
+log = logging.getLogger(__name__)
+
+
+# -- Ray plumbing -------------------------------------------------------------------------------
+
+def init_ray(num_cpus: int | None = None, progress: bool = True) -> None:
+    """Connect to $RAY_ADDRESS when set, else start a local Ray sized to this machine."""
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
+    """pa.Table.from_pylist infers columns from the first row only; use the union of keys."""
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return pa.table({k: pa.array([r.get(k) for r in rows]) for k in keys}) if rows else pa.table({})
+
+
+def _apply_all(op: Operator, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        out.extend(op.apply(row))
+    return out
+
+
+class _OperatorActor:
+    """Actor-pool host for a stateful operator: setup() once, then batches."""
+
+    def __init__(self, op: Operator):
+        self.op = op
+        try:
+            self.op.ensure_setup()
+        except Exception:  # noqa: BLE001 - re-raised per row by Operator.apply, with the row attached
+            log.exception("%s.setup() failed; every row of this actor will be marked failed", op.name)
+            self.op._is_setup = False
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return rows_to_arrow(_apply_all(self.op, batch.to_pylist()))
+
+
+def _task_batch(batch: pa.Table, op: Operator) -> pa.Table:
+    return rows_to_arrow(_apply_all(op, batch.to_pylist()))
+
+
+def _task_flat(row: dict[str, Any], op: Operator) -> list[dict[str, Any]]:
+    return op.apply(row)
+
+
+def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext):
+    """Chain the operators onto a Ray Dataset; returns the new Dataset (lazy)."""
+    from ray.data import ActorPoolStrategy
+
+    use_gpu = ctx.use_gpu
+    for op in operators:
+        op = op.with_context(ctx)
+        res = op.resources
+        gpus = res.num_gpus if use_gpu else 0
+        if op.stateful:
+            ds = ds.map_batches(
+                _OperatorActor,
+                fn_constructor_args=(op,),
+                batch_size=res.batch_size,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(min_size=min(res.min_pool_size, res.pool_size), max_size=res.pool_size),
+                num_cpus=res.num_cpus,
+                num_gpus=gpus,
+            )
+        elif op.fan_out:
+            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op}, num_cpus=res.num_cpus)
+        else:
+            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op}, batch_size=res.batch_size,
+                                batch_format="pyarrow", num_cpus=res.num_cpus)
+    return ds
+
+
+def run_local(operators: Sequence[Operator], rows: Iterable[dict[str, Any]], ctx: RunContext | None = None) -> list[dict[str, Any]]:
+    """The same operators in this process, one row after another (tests, debugging, baselines)."""
+    ops = [op.with_context(ctx) if ctx else op for op in operators]
+    current = [dict(r, status=r.get("status", STATUS_OK)) for r in rows]
+    for op in ops:
+        current = _apply_all(op, current)
+    return current
+
+
+# -- a run ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    run_id: str
+    out_root: str
+    wall_seconds: float
+    inputs: int
+    processed_inputs: int
+    skipped_done: int
+    skipped_exhausted: int
+    rows_written: int
+    run_counts: dict[str, int]  # status -> rows written by this run
+    manifest_counts: dict[str, int]  # status -> rows in the whole (latest) manifest
+    operators: dict[str, dict[str, float]]  # name -> rows, seconds, rows_per_s, errors
+    errors: list[dict[str, str]] = field(default_factory=list)  # first few, for humans
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    def line(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.manifest_counts.items()))
+        return (f"{self.pipeline}: {self.processed_inputs}/{self.inputs} inputs processed in "
+                f"{self.wall_seconds:.1f}s ({self.skipped_done} already done); manifest: {counts}")
+
+
+@dataclass
+class PipelineRun:
+    """Everything a run needs besides its operators."""
+
+    name: str
+    kind: str  # manifest kind of the primary output
+    ctx: RunContext
+    resume: bool = True
+    max_attempts: int = 3
+    limit: int | None = None
+    progress: bool = True
+    rows_per_shard: int = 200
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _operator_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    stats: dict[str, dict[str, float]] = {}
+    for row in rows:
+        for name, seconds in json.loads(row.get("op_seconds") or "{}").items():
+            s = stats.setdefault(name, {"rows": 0, "seconds": 0.0, "errors": 0})
+            s["rows"] += 1
+            s["seconds"] += float(seconds)
+        err = row.get("error")
+        if err and row.get("status") == STATUS_FAILED:
+            op_name = json.loads(err).get("operator", "?")
+            stats.setdefault(op_name, {"rows": 0, "seconds": 0.0, "errors": 0})["errors"] += 1
+    for s in stats.values():
+        s["rows_per_s"] = round(s["rows"] / s["seconds"], 3) if s["seconds"] > 0 else None
+        s["seconds"] = round(s["seconds"], 3)
+    return stats
+
+
+def _counts(statuses: Iterable[str]) -> dict[str, int]:
+    out = {STATUS_OK: 0, STATUS_FAILED: 0, STATUS_FILTERED: 0}
+    for s in statuses:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[dict[str, Any]]) -> RunSummary:
+    """Run `operators` over `inputs` (rows with a stable `id`) and commit the manifest."""
+    import ray
+
+    start = time.perf_counter()
+    ctx = run.ctx
+    if not ctx.run_id:
+        ctx = RunContext(ctx.out_root, ctx.storage_options, new_run_id(), ctx.use_gpu)
+    inputs = inputs[: run.limit] if run.limit else inputs
+    existing = read_manifest(ctx.out_root, ctx.storage_options)
+    plan = plan_resume(inputs, existing, resume=run.resume, max_attempts=run.max_attempts)
+    log.info("%s: %s", run.name, plan.describe())
+
+    written: list[dict[str, Any]] = []
+    with ManifestWriter(ctx.out_root, run.kind, ctx.run_id, ctx.storage_options,
+                        rows_per_shard=run.rows_per_shard) as writer:
+        if plan.todo:
+            init_ray(progress=run.progress)
+            ctx = RunContext(ctx.out_root, ctx.storage_options, ctx.run_id, ctx.use_gpu or cluster_has_gpus())
+            todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in plan.todo]
+            ds = ray.data.from_items(todo).repartition(len(todo))
+            ds = build_dataset(ds, operators, ctx)
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                rows = batch.to_pylist()
+                writer.add(rows)
+                written.extend({k: r.get(k) for k in ("id", "status", "error", "op_seconds")} for r in rows)
+    compact(ctx.out_root, run.kind, ctx.storage_options)
+    manifest = read_manifest(ctx.out_root, ctx.storage_options)
+    errors = [{"id": r["id"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
+    summary = RunSummary(
+        pipeline=run.name, run_id=ctx.run_id, out_root=ctx.out_root,
+        wall_seconds=round(time.perf_counter() - start, 3), inputs=len(inputs),
+        processed_inputs=len(plan.todo), skipped_done=len(plan.done), skipped_exhausted=len(plan.exhausted),
+        rows_written=len(written), run_counts=_counts(r["status"] for r in written),
+        manifest_counts=_counts(manifest["status"].to_pylist()) if manifest.num_rows else _counts([]),
+        operators=_operator_stats(written), errors=errors, config=run.config,
+    )
+    atomic_write_bytes(join_uri(ctx.out_root, "summary.json"), summary.to_json().encode(), ctx.storage_options)
+    return summary
