@@ -8,11 +8,14 @@ Readers list only names without a leading '.' or '_', so in-flight temp files ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -99,47 +102,48 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         return f.read()
 
 
+@contextlib.contextmanager
+def atomic_output(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[str]:
+    """Yield a local temp path to write; on success it becomes `uri`, on error it disappears.
+
+    Local: the temp file sits in the destination folder (so os.replace is an atomic rename) under
+    a dot-name without the real suffix, so listings and globs skip it. Remote: a local temp file
+    is uploaded with one put_file once complete.
+    """
+    fs, path = open_fs(uri, storage_options)
+    tag = uuid.uuid4().hex[:8]
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{tag}.tmp")
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".facefab-{tag}-", suffix=".tmp")
+        os.close(fd)
+    try:
+        yield tmp
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write `data` to `uri` so that readers see either nothing or the whole object."""
-    fs, path = open_fs(uri, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    with tempfile.NamedTemporaryFile(prefix=".facefab-", delete=False) as tmp:
-        tmp.write(data)
-        tmp_path = tmp.name
-    try:
-        atomic_put_file(tmp_path, uri, storage_options)
-    finally:
-        os.unlink(tmp_path)
+    with atomic_output(uri, storage_options) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_put_file(local_file: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Move/upload a finished local file to `uri` in one atomic step (the local file is kept)."""
-    fs, path = open_fs(uri, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            fs.cp_file(local_file, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    fs.put_file(local_file, path)
+    """Copy/upload a finished local file to `uri` in one atomic step (the local file is kept)."""
+    with atomic_output(uri, storage_options) as tmp:
+        shutil.copyfile(local_file, tmp)
 
 
 def list_visible(uri: str, suffix: str, storage_options: dict[str, Any] | None = None) -> list[str]:

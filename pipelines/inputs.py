@@ -1,0 +1,64 @@
+"""Input catalogs: a folder, a glob, a single file, or a Parquet/CSV manifest, local or remote.
+
+Every input becomes a row with a stable `id` derived from its URI (and, for paired inputs, from
+all of its URIs), so reruns recognise the same input.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from facefab.manifests.storage import open_fs
+from facefab.operators.base import stable_id
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+def _full_uri(fs, path: str, like: str) -> str:
+    if "://" in like and not like.startswith("file://"):
+        return f"{like.split('://', 1)[0]}://{path}"
+    return path
+
+
+def read_catalog_table(uri: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    fs, path = open_fs(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        table = pacsv.read_csv(f) if path.endswith(".csv") else pq.read_table(f)
+    return table.to_pylist()
+
+
+def list_videos(spec: str, storage_options: dict[str, Any] | None = None,
+                suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> list[str]:
+    """Video URIs named by a folder, a glob or a single file."""
+    fs, path = open_fs(spec, storage_options)
+    if any(ch in path for ch in "*?["):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = [p for p in fs.find(path) if posixpath.basename(p).lower().endswith(suffixes)]
+    elif fs.exists(path):
+        found = [path]
+    else:
+        raise FileNotFoundError(f"input {spec!r} does not exist")
+    return sorted(_full_uri(fs, p, spec) for p in found if not posixpath.basename(p).startswith("."))
+
+
+def video_inputs(specs: list[str], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows {id, video_uri, ...} from folders/globs/files/manifests; duplicates collapse."""
+    rows: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        if spec.lower().endswith(TABLE_SUFFIXES):
+            for rec in read_catalog_table(spec, storage_options):
+                if not rec.get("video_uri"):
+                    raise ValueError(f"{spec}: every row needs a video_uri column value")
+                rows.setdefault(rec["video_uri"], {**rec, "id": stable_id("video", rec["video_uri"])})
+            continue
+        for uri in list_videos(spec, storage_options):
+            rows.setdefault(uri, {"id": stable_id("video", uri), "video_uri": uri})
+    if not rows:
+        raise ValueError(f"no input videos found in {specs}")
+    return list(rows.values())

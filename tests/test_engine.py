@@ -1,0 +1,95 @@
+"""Operator engine on Ray: error isolation per row, fan-out, resume, summary; local and S3 roots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from facefab.manifests import read_manifest
+from facefab.manifests.io import manifest_uri
+from facefab.manifests.storage import list_visible, read_bytes
+from facefab.operators.base import Operator, OperatorError, RunContext
+from facefab.operators.probe import ProbeVideo
+from facefab.operators.shots import ShotClips
+from facefab.pipelines.engine import PipelineRun, run_local, run_pipeline
+from facefab.pipelines.inputs import video_inputs
+
+
+@pytest.fixture
+def catalog(tmp_path, shared_data):
+    """Three real videos and one corrupt file (a real mp4 cut to its first 20 kB)."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("drive_d0.mp4", "drive_d3.mp4", "talk_yongen.mp4"):
+        shutil.copy(shared_data / "videos" / name, folder / name)
+    (folder / "broken.mp4").write_bytes((shared_data / "videos" / "drive_d6.mp4").read_bytes()[:20_000])
+    return folder
+
+
+def _by_video(table):
+    out: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        out.setdefault(row["video_uri"].rsplit("/", 1)[-1], []).append(row)
+    return out
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_toy_dag_isolates_corrupt_input_and_resumes(where, catalog, tmp_path, ray_local, request):
+    if where == "local":
+        root, opts = str(tmp_path / "out"), {}
+    else:
+        root, opts = request.getfixturevalue("s3_root")
+    inputs = video_inputs([str(catalog)])
+    assert len(inputs) == 4
+    run = PipelineRun("toy", "clips", RunContext(root, opts), progress=False)
+    summary = run_pipeline(run, [ProbeVideo(), ShotClips()], inputs)
+
+    rows = _by_video(read_manifest(root, opts))
+    broken = rows.pop("broken.mp4")
+    assert len(broken) == 1 and broken[0]["status"] == "failed"
+    assert broken[0]["error"]["operator"] == "probe"
+    assert "broken.mp4" in broken[0]["error"]["message"]
+    assert all(r["status"] == "ok" for rs in rows.values() for r in rs)
+    assert len(rows["drive_d0.mp4"]) == 1  # 3.1 s: one clip
+    assert len(rows["drive_d3.mp4"]) == 2  # 11.8 s: split under the 10 s maximum
+    assert all(r["end"] - r["start"] <= 10.0 + 1e-6 for rs in rows.values() for r in rs)
+    assert summary.run_counts == {"ok": 5, "failed": 1, "filtered": 0}
+    assert summary.operators["probe"]["errors"] == 1
+    stored = json.loads(read_bytes(root.rstrip("/") + "/summary.json", opts))
+    assert stored["manifest_counts"]["ok"] == 5 and stored["wall_seconds"] > 0
+
+    shards_before = list_visible(manifest_uri(root), ".parquet", opts)
+    again = run_pipeline(run, [ProbeVideo(), ShotClips()], inputs)
+    assert again.skipped_done == 3  # ok inputs are not redone
+    assert again.processed_inputs == 1  # only the failed one is retried
+    table = read_manifest(root, opts)
+    retried = [r for r in table.to_pylist() if r["video_uri"].endswith("broken.mp4")]
+    assert len(retried) == 1 and retried[0]["attempts"] == 2
+    ok_ids = {r["id"] for r in table.to_pylist() if r["status"] == "ok"}
+    assert len(ok_ids) == 5  # no duplicated outputs
+    assert shards_before  # the first run committed shards
+
+
+class Explodes(Operator):
+    name = "explodes"
+    inputs = ("x",)
+
+    def process_row(self, row):
+        if row["x"] < 0:
+            raise OperatorError("negative input")
+        return {"y": row["x"] + 1}
+
+
+def test_errors_stay_on_their_row_and_downstream_skips_failed_rows():
+    rows = run_local([Explodes(), Explodes()], [{"id": "a", "x": 1}, {"id": "b", "x": -1}, {"id": "c"}])
+    assert rows[0]["status"] == "ok" and rows[0]["y"] == 2
+    assert rows[1]["status"] == "failed"
+    assert json.loads(rows[1]["error"]) == {"type": "OperatorError", "message": "negative input", "operator": "explodes"}
+    assert rows[2]["status"] == "failed" and "needs column(s) ['x']" in json.loads(rows[2]["error"])["message"]
+
+
+def test_unknown_config_field_is_rejected():
+    with pytest.raises(ValueError, match="unknown config field"):
+        ShotClips({"max_clips": 3})
