@@ -1,0 +1,166 @@
+"""Optical flow of a track's aligned crop: dense flow between consecutive frames + keypoint tracks.
+
+Backends:
+- "dis" (default): OpenCV DIS optical flow, preset MEDIUM, on grayscale crops at `flow_size`.
+- "raft": torchvision's RAFT-large with a local state-dict file (Config.raft_weights). torchvision
+  is not a facefab dependency (it is not installed in the base image), so this backend only runs
+  where both torchvision and the weights file are present; otherwise every row fails with a
+  clear OperatorError instead of silently falling back to DIS.
+
+Sparse trajectories: up to K good-features-to-track corners on frame 0 (topped up with a regular
+grid when the crop has fewer corners), moved frame to frame by the dense flow sampled bilinearly
+at each point, so they agree with the stored flow.
+
+All coordinates and flow vectors are in pixels of the `flow_size` x `flow_size` crop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facefab.operators.arrays import save_npz
+from facefab.operators.base import Operator, OperatorError, Resources
+from facefab.operators.parsing import read_crop, video_frame_count
+
+BACKENDS = ("dis", "raft")
+RAFT_UNAVAILABLE = "RAFT flow needs torchvision and a weights path (Config.raft_weights)"
+
+
+def dis_flow(gray: np.ndarray) -> np.ndarray:
+    """(T-1, h, w, 2) float32 flow from frame t to t+1 of (T, h, w) uint8 grayscale frames."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    h, w = gray.shape[1:]
+    flows = [dis.calc(gray[t], gray[t + 1], None) for t in range(len(gray) - 1)]
+    return np.stack(flows) if flows else np.zeros((0, h, w, 2), np.float32)
+
+
+def raft_available(weights: str | None) -> bool:
+    return importlib.util.find_spec("torchvision") is not None and bool(weights) and os.path.isfile(weights)
+
+
+def load_raft(weights: str, device: str):
+    import torch
+    from torchvision.models.optical_flow import raft_large
+
+    model = raft_large(weights=None, progress=False)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    return model.to(device).eval()
+
+
+def raft_flow(model, frames: np.ndarray, device: str, batch: int = 8) -> np.ndarray:
+    """(T-1, h, w, 2) flow from RAFT; h and w must be multiples of 8."""
+    import torch
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x) - 1, batch):
+            a, b = x[i:i + batch], x[i + 1:i + 1 + batch]
+            a = a[:len(b)]
+            out.append(model(a.to(device), b.to(device))[-1].permute(0, 2, 3, 1).cpu().numpy())
+    h, w = frames.shape[1:3]
+    return np.concatenate(out) if out else np.zeros((0, h, w, 2), np.float32)
+
+
+def initial_keypoints(gray: np.ndarray, count: int, quality: float, min_distance: float) -> np.ndarray:
+    """(count, 2) float32 xy: strongest corners of `gray`, topped up with grid points."""
+    corners = cv2.goodFeaturesToTrack(gray, maxCorners=count, qualityLevel=quality, minDistance=min_distance)
+    points = np.zeros((0, 2), np.float32) if corners is None else corners[:, 0].astype(np.float32)
+    missing = count - len(points)
+    if missing > 0:
+        side = int(np.ceil(np.sqrt(missing)))
+        h, w = gray.shape
+        gx, gy = np.meshgrid((np.arange(side) + 0.5) * w / side, (np.arange(side) + 0.5) * h / side)
+        grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)[:missing]
+        points = np.concatenate([points, grid])
+    return points
+
+
+def chain_trajectories(flow: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """(K, T, 2) positions of `start` points carried through the (T-1, h, w, 2) flow."""
+    h, w = flow.shape[1:3]
+    track = np.empty((len(start), len(flow) + 1, 2), np.float32)
+    track[:, 0] = start
+    for t, field in enumerate(flow):
+        p = track[:, t]
+        step = cv2.remap(field, p[:, 0:1], p[:, 1:2], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[:, 0]
+        moved = p + step
+        np.clip(moved[:, 0], 0, w - 1, out=moved[:, 0])
+        np.clip(moved[:, 1], 0, h - 1, out=moved[:, 1])
+        track[:, t + 1] = moved
+    return track
+
+
+class OpticalFlow(Operator):
+    """Dense flow + keypoint trajectories of the aligned crop (see module docstring).
+
+    Artifact flow_uri (.npz): flow (T-1, s, s, 2) float16, trajectories (K, T, 2) float32,
+    flow_size, backend. Columns: flow_uri, motion_mean (mean flow magnitude, px/frame at s).
+    """
+
+    name = "optical_flow"
+    version = "1"
+    inputs = ("crop_uri",)
+    outputs = ("flow_uri", "motion_mean")
+    stateful = False
+    default_resources = Resources(num_cpus=1.0)
+
+    @dataclass
+    class Config:
+        flow_size: int = 128
+        backend: str = "dis"
+        raft_weights: str | None = None  # local state-dict file of torchvision raft_large
+        num_keypoints: int = 64
+        keypoint_quality: float = 0.01
+        keypoint_min_distance: float = 4.0
+
+    def __init__(self, config=None, ctx=None, resources=None):
+        super().__init__(config, ctx, resources)
+        # RAFT is a model worth loading once per worker, so it runs in an actor pool; DIS is
+        # created per row in a plain task.
+        self.stateful = self.config.backend == "raft"
+
+    def setup(self) -> None:
+        if self.config.backend not in BACKENDS:
+            raise OperatorError(f"unknown flow backend {self.config.backend!r}; use one of {BACKENDS}")
+        self._raft = None
+        if self.config.backend == "raft":
+            if not raft_available(self.config.raft_weights):
+                raise OperatorError(RAFT_UNAVAILABLE)
+            import torch
+
+            self._device = "cuda" if self.ctx.use_gpu and torch.cuda.is_available() else "cpu"
+            self._raft = load_raft(self.config.raft_weights, self._device)
+
+    def dense_flow(self, frames: np.ndarray, gray: np.ndarray) -> np.ndarray:
+        if self._raft is not None:
+            return raft_flow(self._raft, frames, self._device)
+        return dis_flow(gray)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        frames = read_crop(row, c.flow_size, video_frame_count(row), self.ctx.storage_options)
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        flow = self.dense_flow(frames, gray)
+        start = initial_keypoints(gray[0], c.num_keypoints, c.keypoint_quality, c.keypoint_min_distance)
+        trajectories = chain_trajectories(flow, start)
+        uri = self.ctx.artifact_uri("flow", row["id"], ".npz")
+        save_npz(uri, self.ctx.storage_options, flow=flow.astype(np.float16), trajectories=trajectories,
+                 flow_size=np.int32(c.flow_size), backend=np.array(c.backend))
+        motion = float(np.linalg.norm(flow, axis=-1).mean()) if len(flow) else 0.0
+        return {"flow_uri": uri, "motion_mean": motion}
+
+
+__all__ = [
+    "OpticalFlow",
+    "chain_trajectories",
+    "dis_flow",
+    "initial_keypoints",
+    "raft_available",
+]

@@ -1,0 +1,116 @@
+"""HeadPose: yaw, pitch, roll and translation per frame from face-mesh landmarks.
+
+cv2.solvePnP (SQPnP) fits a canonical 3D face to rigid mesh points (forehead, nose, eye corners,
+cheekbones, temples: no lips or jaw, which move with speech) under a pinhole camera with focal
+length = frame width, principal point at the frame centre and no distortion. The 3D points are
+vertices of MediaPipe's canonical face model (`landmarks.CANONICAL_VERTICES`, units ~cm).
+
+Angles (degrees): yaw > 0 turns the nose toward the image right (the subject's left), pitch > 0
+raises the nose, roll > 0 tilts the face clockwise in the image. Translation (tx right, ty down,
+tz away from the camera) is in canonical units, only as exact as the focal length guess.
+Frames without landmarks are interpolated; the series is smoothed with a centred moving average.
+`_pose` = pose (T,6) float32 [yaw, pitch, roll, tx, ty, tz].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facefab.operators.arrays import pack_arrays, unpack_arrays
+from facefab.operators.base import Operator, OperatorError, Resources
+from facefab.operators.faces import moving_average
+from facefab.operators.landmarks import canonical_points
+
+# Rigid mesh points only: lips, jaw and eyelids move with speech and expressions.
+RIGID_INDICES = np.array([10, 151, 9, 168, 6, 197, 195, 5, 4, 1, 2, 98, 327, 33, 133, 362, 263,
+                          116, 345, 127, 356, 234, 454], dtype=np.int64)
+# OpenCV camera axes: x right, y down, z forward (away from the camera)
+CANONICAL_FACE_CV = canonical_points(RIGID_INDICES) * [1.0, -1.0, -1.0]
+
+
+def camera_matrix(width: int, height: int) -> np.ndarray:
+    return np.array([[width, 0, width / 2.0], [0, width, height / 2.0], [0, 0, 1]], np.float64)
+
+
+def euler_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
+    """Yaw, pitch, roll (degrees, conventions of the module docstring) of a model->camera rotation,
+    decomposed as R = Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+    about_y = np.arcsin(np.clip(-rotation[2, 0], -1.0, 1.0))
+    about_x = np.arctan2(rotation[2, 1], rotation[2, 2])
+    about_z = np.arctan2(rotation[1, 0], rotation[0, 0])
+    # +rotation about camera y moves the nose to the image left, about x moves it down
+    return float(-np.degrees(about_y)), float(-np.degrees(about_x)), float(np.degrees(about_z))
+
+
+def head_pose(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[yaw, pitch, roll, tx, ty, tz] for one frame's (478, 2|3) landmarks in pixels."""
+    image_points = np.asarray(landmarks, np.float64)[RIGID_INDICES, :2]
+    ok, rvec, tvec = cv2.solvePnP(CANONICAL_FACE_CV, image_points, camera_matrix(width, height), None,
+                                  flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        raise OperatorError("solvePnP found no head pose")
+    rotation, _ = cv2.Rodrigues(rvec)
+    return np.array([*euler_degrees(rotation), *tvec.ravel()], np.float64)
+
+
+def pose_track(landmarks: np.ndarray, valid: np.ndarray, width: int, height: int,
+               smooth_window: int = 5) -> np.ndarray:
+    """(T,6) smoothed poses of a landmark track; frames without landmarks are interpolated."""
+    known = np.flatnonzero(valid)
+    if len(known) == 0:
+        raise ValueError("no frame has landmarks to estimate a pose from")
+    raw = np.stack([head_pose(landmarks[i], width, height) for i in known])
+    raw[:, :3] = np.degrees(np.unwrap(np.radians(raw[:, :3]), axis=0))
+    frames = np.arange(len(valid))
+    dense = np.stack([np.interp(frames, known, raw[:, k]) for k in range(6)], axis=1)
+    return moving_average(dense, smooth_window)
+
+
+class HeadPose(Operator):
+    """Track row with `_landmarks` -> `_pose` and per-track pose summaries."""
+
+    name = "head_pose"
+    version = "1"
+    inputs = ("_landmarks",)
+    outputs = ("_pose", "yaw_mean", "pitch_mean", "roll_mean", "pose_max_abs")
+    default_resources = Resources(num_cpus=0.5)
+
+    @dataclass
+    class Config:
+        smooth_window: int = 5
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        marks = unpack_arrays(row["_landmarks"])
+        if not marks["valid"].any():
+            raise OperatorError("no frame of the track has landmarks to estimate a pose from")
+        width, height = _image_size(row, marks)
+        pose = pose_track(marks["landmarks"], marks["valid"], width, height, self.config.smooth_window)
+        yaw, pitch, roll = pose[:, 0], pose[:, 1], pose[:, 2]
+        return {
+            "_pose": pack_arrays(pose=pose.astype(np.float32)),
+            "yaw_mean": round(float(yaw.mean()), 3),
+            "pitch_mean": round(float(pitch.mean()), 3),
+            "roll_mean": round(float(roll.mean()), 3),
+            "pose_max_abs": round(float(np.abs(pose[:, :2]).max()), 3),
+        }
+
+
+def _image_size(row: dict[str, Any], marks: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Source frame width and height: from FaceLandmarks, else the clip row's columns."""
+    width, height = marks["image_size"] if "image_size" in marks else (row["width"], row["height"])
+    return int(width), int(height)
+
+
+__all__ = [
+    "CANONICAL_FACE_CV",
+    "RIGID_INDICES",
+    "HeadPose",
+    "camera_matrix",
+    "euler_degrees",
+    "head_pose",
+    "pose_track",
+]

@@ -1,0 +1,264 @@
+"""Quality scores of a track (stored, never thresholded) and the filter that thresholds them.
+
+`QualityScores` computes everything once; `QualityFilter` only compares columns with its Config,
+so thresholds can change without recomputing anything.
+
+Scores (columns):
+- face_size: median face-box side (sqrt of box area) / the source frame's shorter side.
+- blur: median over frames of the variance of the Laplacian of the crop's central region
+  (higher = sharper).
+- pose_extremity: max over frames of max(|yaw|, |pitch|) / pose_norm_deg (1.0 = 90 deg).
+- landmark_jitter: mean distance of stable landmarks from their own moving average (the track's
+  smooth motion), in crop-normalised units (1.0 = the crop side).
+- face_count: passed through.
+- speech_ratio: passed through when AudioFeatures ran, else computed with silero-vad.
+- av_sync, av_sync_lag: weight-free lip sync (see `av_sync_score`); None without audio.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facefab.operators.arrays import load_npz, unpack_arrays
+from facefab.operators.audio_features import clip_audio, frame_rms, frame_voice_activity, load_vad
+from facefab.operators.base import Filtered, Operator, Resources
+from facefab.operators.io import probe
+from facefab.operators.parsing import mouth_open_ratio, read_crop, video_frame_count
+
+# Landmarks that move rigidly with the head (eye corners, nose bridge and tip, forehead, temples):
+# eyelids, lips and jaw move on their own and would read as jitter.
+STABLE_LANDMARKS = (33, 133, 362, 263, 168, 6, 197, 195, 1, 10, 151, 127, 356)
+
+
+# -- the sync score -------------------------------------------------------------------------------
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else math.nan
+
+
+def av_sync_score(mouth_open: np.ndarray, envelope: np.ndarray, max_lag: int = 5,
+                  min_frames: int = 10) -> tuple[float, int]:
+    """(max Pearson r, its lag) between mouth opening and the audio envelope, both per video frame.
+
+    r(lag) correlates mouth_open[t + lag] with envelope[t]: a positive lag means the mouth moves
+    `lag` frames after the sound. Frames where either signal is NaN are skipped; lags with fewer
+    than `min_frames` usable frames or a constant signal are ignored. Returns (nan, 0) when no lag
+    is usable (e.g. silent audio or a closed mouth throughout).
+    """
+    mouth = np.asarray(mouth_open, np.float64)
+    env = np.asarray(envelope, np.float64)
+    n = min(len(mouth), len(env))
+    mouth, env = mouth[:n], env[:n]
+    best_r, best_lag = -math.inf, 0
+    for lag in range(-max_lag, max_lag + 1):
+        m = mouth[max(lag, 0): n + min(lag, 0)]
+        e = env[max(-lag, 0): n - max(lag, 0)]
+        ok = np.isfinite(m) & np.isfinite(e)
+        if ok.sum() < min_frames:
+            continue
+        r = _pearson(m[ok], e[ok])
+        if r > best_r:
+            best_r, best_lag = r, lag
+    return (best_r, best_lag) if best_r > -math.inf else (math.nan, 0)
+
+
+# -- per-score helpers ----------------------------------------------------------------------------
+
+def face_size_ratio(bbox: np.ndarray, present: np.ndarray, frame_wh: tuple[int, int]) -> float:
+    boxes = bbox[present.astype(bool)]
+    sides = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    return float(np.median(sides) / min(frame_wh)) if len(sides) else 0.0
+
+
+def laplacian_sharpness(frames: np.ndarray, centre_fraction: float = 0.6) -> float:
+    """Median variance of the Laplacian over the frames' central region (grayscale)."""
+    h, w = frames.shape[1:3]
+    dy, dx = int(h * (1 - centre_fraction) / 2), int(w * (1 - centre_fraction) / 2)
+    values = [cv2.Laplacian(cv2.cvtColor(f[dy:h - dy, dx:w - dx], cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
+              for f in frames]
+    return float(np.median(values)) if values else 0.0
+
+
+def pose_extremity(pose: np.ndarray, norm_deg: float = 90.0) -> float:
+    yaw_pitch = np.abs(np.asarray(pose, np.float64)[:, :2])
+    return float(np.nanmax(yaw_pitch) / norm_deg) if np.isfinite(yaw_pitch).any() else math.nan
+
+
+def _moving_average(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred moving average along axis 0 and a mask of frames whose whole window is finite."""
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+    kernel = np.ones(window)
+    filled = np.where(np.isfinite(x), x, 0.0)
+    sums = np.apply_along_axis(lambda s: np.convolve(s, kernel, mode="same"), 0, filled)
+    full = np.convolve(finite.astype(float), kernel, mode="same") == window
+    return sums / window, full
+
+
+def landmark_jitter(landmarks: np.ndarray, affine: np.ndarray, crop_size: int,
+                    window: int = 5, indices=STABLE_LANDMARKS) -> float:
+    """Mean residual of stable landmarks around their moving average, in crop-side units.
+
+    Residuals are measured in source pixels (so a per-frame alignment that follows the
+    landmarks cannot hide them) and scaled by each frame's source->crop scale.
+    """
+    points = np.asarray(landmarks, np.float64)[:, list(indices), :2]
+    if len(points) < window:
+        return math.nan
+    smooth, full = _moving_average(points, window)
+    residual = np.linalg.norm(points - smooth, axis=-1).mean(axis=1)  # (T,) source px
+    scale = np.sqrt(np.abs(np.linalg.det(np.asarray(affine, np.float64)[:, :, :2])))
+    values = (residual * scale / crop_size)[full]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# -- operators -----------------------------------------------------------------------------------
+
+class QualityScores(Operator):
+    """Per-track quality scores (see module docstring); nothing is thresholded here."""
+
+    name = "quality_scores"
+    version = "1"
+    inputs = ("video_uri", "crop_uri", "crop_size", "fps", "_track", "_landmarks", "_align", "_pose")
+    outputs = ("face_size", "blur", "pose_extremity", "landmark_jitter", "face_count", "speech_ratio",
+               "av_sync", "av_sync_lag")
+    stateful = False
+    default_resources = Resources(num_cpus=1.0)
+
+    @dataclass
+    class Config:
+        blur_size: int | None = None  # decode the crop at this side for the blur score (None: native)
+        blur_centre_fraction: float = 0.6  # central part of the crop (the face) the blur score sees
+        pose_norm_deg: float = 90.0
+        jitter_window: int = 5  # frames of the moving average that stands for smooth motion
+        max_lag_frames: int = 5
+        vad_threshold: float = 0.5
+
+    def setup(self) -> None:
+        self._vad = None  # loaded on first use: only rows without AudioFeatures need it
+
+    def _vad_model(self):
+        if self._vad is None:
+            self._vad = load_vad()
+        return self._vad
+
+    def _frame_wh(self, row: dict[str, Any], landmark_arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+        if "image_size" in landmark_arrays:  # the frame size the landmark operator saw
+            width, height = landmark_arrays["image_size"]
+            return int(width), int(height)
+        if row.get("width") and row.get("height"):
+            return int(row["width"]), int(row["height"])
+        info = probe(row["video_uri"], self.ctx.storage_options)
+        return info.width, info.height
+
+    def _envelope_and_speech_ratio(self, row: dict[str, Any], n_frames: int) -> tuple[np.ndarray | None, float]:
+        """Per-frame RMS envelope (None without audio) and speech ratio, reusing AudioFeatures'
+        outputs when the row has them."""
+        known_ratio = row.get("speech_ratio")
+        if row.get("audio_features_uri"):
+            feats = load_npz(row["audio_features_uri"], self.ctx.storage_options)
+            envelope = feats["rms"] if bool(feats["has_audio"]) else None
+            ratio = known_ratio if known_ratio is not None else float(feats["vad"].mean()) if len(feats["vad"]) else 0.0
+            return envelope, ratio
+        audio = clip_audio(row, n_frames, False, self.ctx.storage_options)
+        if audio is None:
+            return None, known_ratio if known_ratio is not None else 0.0
+        fps = float(row["fps"])
+        if known_ratio is None:
+            vad = frame_voice_activity(audio, self._vad_model(), fps, n_frames, self.config.vad_threshold)
+            known_ratio = float(vad.mean()) if n_frames else 0.0
+        return frame_rms(audio, fps, n_frames), known_ratio
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        track = unpack_arrays(row["_track"])
+        lm = unpack_arrays(row["_landmarks"])
+        landmarks = np.where(lm["valid"].astype(bool)[:, None, None], lm["landmarks"], np.nan)
+        affine = unpack_arrays(row["_align"])["affine"]
+        pose = unpack_arrays(row["_pose"])["pose"]
+        n_frames = video_frame_count(row)
+        crops = read_crop(row, c.blur_size, n_frames, self.ctx.storage_options)
+        envelope, speech_ratio = self._envelope_and_speech_ratio(row, n_frames)
+        sync, lag = (math.nan, 0) if envelope is None else av_sync_score(
+            mouth_open_ratio(landmarks), envelope, c.max_lag_frames)
+        jitter = landmark_jitter(landmarks, affine, int(row["crop_size"]), c.jitter_window)
+        return {
+            "face_size": face_size_ratio(track["bbox"], track["present"], self._frame_wh(row, lm)),
+            "blur": laplacian_sharpness(crops, c.blur_centre_fraction),
+            "pose_extremity": _finite_or_none(pose_extremity(pose, c.pose_norm_deg)),
+            "landmark_jitter": _finite_or_none(jitter),
+            "face_count": row.get("face_count"),
+            "speech_ratio": float(speech_ratio),
+            "av_sync": _finite_or_none(sync),
+            "av_sync_lag": lag if math.isfinite(sync) else None,
+        }
+
+
+class QualityFilter(Operator):
+    """Thresholds the QualityScores columns; every Config field left None is not applied.
+
+    `min_<score>` fails rows whose score is below it, `max_<score>` rows above it. A row with a
+    threshold on a score it lacks (None, e.g. av_sync of a clip without audio) fails that check.
+    All failed checks are listed in the Filtered reason.
+    """
+
+    name = "quality_filter"
+    version = "1"
+    inputs = ()
+    outputs = ()
+    stateful = False
+    default_resources = Resources(num_cpus=0.25, batch_size=64)
+
+    @dataclass
+    class Config:
+        min_face_size: float | None = None
+        min_blur: float | None = None
+        max_pose_extremity: float | None = None
+        max_landmark_jitter: float | None = None
+        max_face_count: int | None = None
+        min_speech_ratio: float | None = None
+        min_av_sync: float | None = None
+
+    def failed_checks(self, row: dict[str, Any]) -> list[str]:
+        reasons = []
+        for f in fields(self.Config):
+            limit = getattr(self.config, f.name)
+            if limit is None:
+                continue
+            bound, column = f.name.split("_", 1)
+            value = row.get(column)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                reasons.append(f"{column} missing ({bound} {limit:.4g})")
+            elif bound == "min" and value < limit:
+                reasons.append(f"{column} {value:.4g} < min {limit:.4g}")
+            elif bound == "max" and value > limit:
+                reasons.append(f"{column} {value:.4g} > max {limit:.4g}")
+        return reasons
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        reasons = self.failed_checks(row)
+        if reasons:
+            raise Filtered("; ".join(reasons))
+        return {}
+
+
+__all__ = [
+    "STABLE_LANDMARKS",
+    "QualityFilter",
+    "QualityScores",
+    "av_sync_score",
+    "face_size_ratio",
+    "landmark_jitter",
+    "laplacian_sharpness",
+    "pose_extremity",
+]
