@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # -- Ray plumbing -------------------------------------------------------------------------------
 
+# MediaPipe/TFLite and glog print a few lines per model load in every worker; keep warnings+.
+QUIET_NATIVE_LOGS = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
 def init_ray(num_cpus: int | None = None, progress: bool = True) -> None:
     """Connect to $RAY_ADDRESS when set, else start a local Ray sized to this machine."""
     import ray
@@ -42,7 +45,7 @@ def init_ray(num_cpus: int | None = None, progress: bool = True) -> None:
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+                     configure_logging=False, runtime_env={"env_vars": QUIET_NATIVE_LOGS})
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -94,13 +97,35 @@ def _task_flat(row: dict[str, Any], op: Operator) -> list[dict[str, Any]]:
     return op.apply(row)
 
 
-def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext):
+def fit_resources(operators: Sequence[Operator], total_cpus: float,
+                  actor_share: float = 0.5) -> dict[str, float]:
+    """CPUs per worker for each operator, scaled to fit the cluster.
+
+    Declared resources describe a worker on a real node (a MediaPipe actor wants a core). On a
+    small machine the actor pools' standing reservations would leave no CPU for the read and map
+    tasks and the pipeline would wait forever, so actor pools are scaled to `actor_share` of the
+    cluster and tasks to half of what is left.
+    """
+    actors = [op for op in operators if op.stateful]
+    demand = sum(op.resources.num_cpus * min(op.resources.min_pool_size, op.resources.pool_size) for op in actors)
+    scale = min(1.0, actor_share * total_cpus / demand) if demand else 1.0
+    free = total_cpus - demand * scale
+    fitted = {}
+    for op in operators:
+        cpus = op.resources.num_cpus * scale if op.stateful else min(op.resources.num_cpus, free / 2)
+        fitted[op.name] = max(0.01, round(cpus, 3))
+    return fitted
+
+
+def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus: float | None = None):
     """Chain the operators onto a Ray Dataset; returns the new Dataset (lazy)."""
+    import ray
     from ray.data import ActorPoolStrategy
 
     use_gpu = ctx.use_gpu
-    for op in operators:
-        op = op.with_context(ctx)
+    ops = [op.with_context(ctx) for op in operators]
+    cpus = fit_resources(ops, total_cpus or ray.cluster_resources().get("CPU", 1.0))
+    for op in ops:
         res = op.resources
         gpus = res.num_gpus if use_gpu else 0
         if op.stateful:
@@ -110,14 +135,14 @@ def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext):
                 batch_size=res.batch_size,
                 batch_format="pyarrow",
                 compute=ActorPoolStrategy(min_size=min(res.min_pool_size, res.pool_size), max_size=res.pool_size),
-                num_cpus=res.num_cpus,
+                num_cpus=cpus[op.name],
                 num_gpus=gpus,
             )
         elif op.fan_out:
-            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op}, num_cpus=res.num_cpus)
+            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op}, num_cpus=cpus[op.name])
         else:
             ds = ds.map_batches(_task_batch, fn_kwargs={"op": op}, batch_size=res.batch_size,
-                                batch_format="pyarrow", num_cpus=res.num_cpus)
+                                batch_format="pyarrow", num_cpus=cpus[op.name])
     return ds
 
 
@@ -217,7 +242,7 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
             init_ray(progress=run.progress)
             ctx = RunContext(ctx.out_root, ctx.storage_options, ctx.run_id, ctx.use_gpu or cluster_has_gpus())
             todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in plan.todo]
-            ds = ray.data.from_items(todo).repartition(len(todo))
+            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
             ds = build_dataset(ds, operators, ctx)
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 rows = batch.to_pylist()

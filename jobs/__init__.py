@@ -1,0 +1,1 @@
+"""The `facefab` command line and declarative job specs."""

@@ -1,0 +1,42 @@
+"""`facefab preprocess INPUT... --out ROOT`: build a face-video dataset from raw videos.
+
+INPUT is a folder, a glob, a video file, or a Parquet/CSV manifest with a `video_uri` column,
+local or s3://. Rerunning the same command on the same ROOT resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facefab.jobs.config import add_config_flags, build_config
+
+
+def add_parser(sub) -> None:
+    from facefab.jobs.cli import add_run_args
+    from facefab.pipelines.preprocess import PreprocessConfig
+
+    p = sub.add_parser("preprocess", help="raw videos -> clips, face tracks, landmarks, pose, masks, "
+                       "audio features, flow, quality scores", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    add_run_args(p)
+    add_config_flags(p, PreprocessConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facefab.manifests.storage import storage_options_from_env
+    from facefab.operators.base import RunContext
+    from facefab.pipelines.inputs import video_inputs
+    from facefab.pipelines.preprocess import PreprocessConfig, build_operators, run_preprocess
+
+    config = build_config(PreprocessConfig, args, args.config)
+    build_operators(config)  # fail fast on a bad --operators subset, before Ray starts
+    opts = storage_options_from_env(args.storage_options)
+    inputs = video_inputs(args.inputs, opts)
+    summary = run_preprocess(inputs, config, RunContext(args.out, opts), resume=args.resume,
+                             max_attempts=args.max_attempts, limit=args.limit, progress=args.progress)
+    print(summary.line())
+    for err in summary.errors[:10]:
+        print(f"  failed {err['id']}: [{err.get('operator')}] {err.get('type')}: {err.get('message')}")
+    return 0 if summary.run_counts.get("failed", 0) == 0 else 1

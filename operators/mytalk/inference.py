@@ -1,0 +1,309 @@
+"""MyTalk inference: the two-stage pipeline and the `MyTalkDub` generator operator.
+
+Checkpoint folder (local or s3://...), as written by `facefab train mytalk` (training.export):
+
+    model_index.json            {"_class_name": "MyTalkPipeline", "motion": [...], "renderer": [...]}
+    motion/config.json          MyTalkMotion config
+    motion/diffusion_pytorch_model.safetensors
+    renderer/config.json        MyTalkRenderer config
+    renderer/diffusion_pytorch_model.safetensors
+
+`MyTalkPipeline(crops, ref_landmarks, mel_windows)`: the reference video's aligned face crops, their
+478-point landmarks in crop pixels and the NEW audio's per-frame mel windows -> the crops with the
+lip region re-drawn to speak the new audio. Stage 1 runs over overlapping temporal windows blended
+with `generation.blend_windows`; stage 2 renders each frame's lip box and composites it back, so
+everything outside the blend region (`alpha` = 0) is the input crop, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from facefab.operators.base import OperatorError
+from facefab.operators.generation import (
+    CheckpointError,
+    GeneratorOperator,
+    blend_windows,
+    load_model,
+    resolve_checkpoint,
+    window_spans,
+)
+from facefab.operators.mytalk.motion import (
+    MOTION_POINTS,
+    MyTalkMotion,
+    fill_missing,
+    normalised_68,
+    pick_frames,
+)
+from facefab.operators.mytalk.renderer import (
+    MyTalkRenderer,
+    frame_inputs,
+    lip_box,
+    to_model_inputs,
+    warp_box,
+)
+
+log = logging.getLogger(__name__)
+
+MOTION_FOLDER = "motion"
+RENDERER_FOLDER = "renderer"
+INDEX_FILE = "model_index.json"
+SAMPLE_RATE = 16000
+
+
+# -- data helpers (shared with training) -------------------------------------------------------------
+
+@dataclass
+class Track:
+    frame_index: np.ndarray  # (T,) frame numbers within the clip
+    landmarks: np.ndarray  # (T, 478, 3) source-frame pixels, NaN where not found
+    inverse: np.ndarray  # (T, 2, 3) crop -> frame affine
+
+
+def read_track(frames_uri: str, storage_options: dict | None = None) -> Track:
+    """The per-frame table of a preprocessed track (frame_table.WriteFrameFeatures)."""
+    from facefab.manifests.io import read_table
+
+    rows = sorted(read_table(frames_uri, storage_options).select(
+        ["frame_index", "landmarks", "inverse_transform"]).to_pylist(), key=lambda r: r["frame_index"])
+    if not rows:
+        raise OperatorError(f"{frames_uri} has no frames")
+    if any(r["inverse_transform"] is None for r in rows):
+        raise OperatorError(f"{frames_uri}: some frames have no inverse_transform (run align_crop)")
+    nan = np.full(478 * 3, np.nan, np.float32)
+    landmarks = np.stack([np.asarray(r["landmarks"] if r["landmarks"] is not None else nan, np.float32)
+                          for r in rows]).reshape(len(rows), -1, 3)
+    inverse = np.asarray([r["inverse_transform"] for r in rows], np.float32).reshape(-1, 2, 3)
+    return Track(np.asarray([r["frame_index"] for r in rows], np.int64), landmarks, inverse)
+
+
+def to_crop_coords(landmarks: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """(T,N,3) source-pixel landmarks -> crop pixels through the inverse of each crop->frame affine
+    (z scaled like x, y)."""
+    out = np.empty_like(landmarks, dtype=np.float32)
+    for t, (points, inv) in enumerate(zip(landmarks, inverse)):
+        affine = cv2.invertAffineTransform(inv.astype(np.float64))
+        out[t, :, :2] = points[:, :2] @ affine[:, :2].T + affine[:, 2]
+        out[t, :, 2] = points[:, 2] * np.sqrt(abs(np.linalg.det(affine[:, :2])))
+    return out
+
+
+def audio_mel_windows(audio: np.ndarray, n_frames: int, fps: float, mel_window: int) -> np.ndarray:
+    """(T, mel_window, 80) log-mel windows of 16 kHz mono audio for T video frames (AudioFeatures defaults)."""
+    from facefab.operators.audio_features import fit_audio, frame_sample_bounds, log_mel, mel_windows
+
+    audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
+    mel = log_mel(audio)
+    return mel[mel_windows(n_frames, fps, len(mel), (mel_window - 1) // 2)]
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------
+
+@dataclass
+class MyTalkOutput:
+    frames: np.ndarray  # (T, S, S, 3) uint8 generated crops
+    alpha: np.ndarray  # (T, S, S) float32 blend weight of the generated pixels (0 = untouched)
+    landmarks: np.ndarray  # (T, K, 2) predicted lip/jaw points, normalised crop coordinates
+
+
+class MyTalkPipeline:
+    """Stage 1 (MyTalkMotion) + stage 2 (MyTalkRenderer) for one reference video at a time."""
+
+    def __init__(self, motion: MyTalkMotion, renderer: MyTalkRenderer, *, window: int = 50, overlap: int = 10,
+                 batch_size: int = 8):
+        window_spans(window + 1, window, overlap)  # validate
+        self.motion, self.renderer = motion.eval(), renderer.eval()
+        self.window, self.overlap, self.batch_size = window, overlap, batch_size
+
+    @classmethod
+    def from_pretrained(cls, folder_or_uri: str, storage_options: dict | None = None, *, device: Any = "auto",
+                        dtype: Any = "auto", cache_dir: str | None = None, **kwargs) -> MyTalkPipeline:
+        local = resolve_checkpoint(folder_or_uri, storage_options, cache_dir)
+        for sub in (MOTION_FOLDER, RENDERER_FOLDER):
+            if not os.path.isdir(os.path.join(local, sub)):
+                stage = "motion" if sub == MOTION_FOLDER else "render"
+                raise CheckpointError(f"MyTalk checkpoint {folder_or_uri} has no {sub}/ folder "
+                                      f"(train it with `facefab train mytalk` stage {stage})")
+        motion = load_model(MyTalkMotion, local, device=device, dtype=dtype, subfolder=MOTION_FOLDER)
+        renderer = load_model(MyTalkRenderer, local, device=device, dtype=dtype, subfolder=RENDERER_FOLDER)
+        return cls(motion, renderer, **kwargs)
+
+    def save_pretrained(self, folder: str) -> None:
+        save_pipeline_part(self.motion, folder, MOTION_FOLDER)
+        save_pipeline_part(self.renderer, folder, RENDERER_FOLDER)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.motion.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.motion.parameters()).dtype
+
+    def __call__(self, crops: np.ndarray, ref_landmarks: np.ndarray, mel_windows: np.ndarray) -> np.ndarray:
+        return self.generate(crops, ref_landmarks, mel_windows).frames
+
+    @torch.inference_mode()
+    def predict_landmarks(self, points68: np.ndarray, valid: np.ndarray, mel_windows: np.ndarray) -> np.ndarray:
+        """(T,68,2) normalised reference landmarks + (T,W,80) mel windows -> (T,K,2) target points."""
+        refs = points68[pick_frames(valid, self.motion.config.num_ref_frames)]  # (R,68,2)
+        template = refs[:, MOTION_POINTS].mean(axis=0)
+        ident = torch.from_numpy(refs.reshape(1, len(refs), -1)).to(self.device, self.dtype)
+        n = len(mel_windows)
+        spans = window_spans(n, self.window, self.overlap)
+        outputs = []
+        for start, end in spans:
+            mel = torch.from_numpy(np.ascontiguousarray(mel_windows[start:end], np.float32))[None]
+            outputs.append(self.motion(mel.to(self.device, self.dtype), ident)[0].float().cpu().numpy())
+        return template[None] + blend_windows(n, spans, outputs)
+
+    @torch.inference_mode()
+    def generate(self, crops: np.ndarray, ref_landmarks: np.ndarray, mel_windows: np.ndarray) -> MyTalkOutput:
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1] != crops.shape[2] or crops.shape[3] != 3 or crops.dtype != np.uint8:
+            raise ValueError(f"crops must be (T,S,S,3) uint8, got {crops.dtype} {crops.shape}")
+        n, size = len(crops), crops.shape[1]
+        if len(ref_landmarks) != n or len(mel_windows) != n:
+            raise ValueError(f"{n} crops but {len(ref_landmarks)} landmark frames and {len(mel_windows)} mel windows")
+        points68, valid = fill_missing(normalised_68(ref_landmarks, size))
+        target = self.predict_landmarks(points68, valid, np.asarray(mel_windows, np.float32))
+        own = points68[:, MOTION_POINTS]
+        cfg = self.renderer.config
+        box = lip_box(own[valid], cfg.box_scale)
+        boxes = np.stack([warp_box(c, box, cfg.image_size) for c in crops])
+        openness = np.ptp(own[:, 29:37, 1], axis=1)  # inner-lip height: references from closed to open
+        ref_idx = np.flatnonzero(valid)[np.argsort(openness[valid])]
+        ref_idx = ref_idx[np.round(np.linspace(0, len(ref_idx) - 1, cfg.num_refs)).astype(int)]
+        ref_boxes = boxes[ref_idx]
+        frames, alphas = crops.copy(), np.zeros((n, size, size), np.float32)
+        for start in range(0, n, self.batch_size):
+            idx = range(start, min(n, start + self.batch_size))
+            items = [frame_inputs(boxes[t], box.to_box(target[t]), [box.to_box(own[t]), box.to_box(target[t])],
+                                  ref_boxes, cfg.mask_dilation, cfg.feather) for t in idx]
+            batch = to_model_inputs({k: np.stack([it[k] for it in items]) for k in items[0]}, self.device, self.dtype)
+            rgb, alpha = self.renderer(batch["masked"], batch["sketch"], batch["mask"], batch["refs"])
+            rgb = ((rgb.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+            alpha = alpha.float()[:, 0].cpu().numpy()
+            for j, t in enumerate(idx):
+                frames[t], alphas[t] = paste_box(crops[t], rgb[j], alpha[j], box)
+        return MyTalkOutput(frames, alphas, target)
+
+
+def paste_box(crop: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+    """Composite a rendered box (rgb 0..255 float, alpha) into its crop; alpha 0 keeps the crop's pixels."""
+    size = crop.shape[0]
+    affine = box.affine(size, rgb.shape[0])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    rgb_c = cv2.warpAffine(rgb.astype(np.float32), affine, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    alpha_c = cv2.warpAffine(alpha.astype(np.float32), affine, (size, size), flags=flags,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = crop.astype(np.float32) * (1 - alpha_c[..., None]) + rgb_c * alpha_c[..., None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), alpha_c
+
+
+def save_pipeline_part(model, folder: str, part: str, storage_options: dict | None = None) -> None:
+    """save_pretrained(`folder`/`part`, safetensors) and record the part in model_index.json.
+    `folder` may be remote (s3://...): written locally first, then uploaded."""
+    import tempfile
+
+    from facefab.manifests.storage import is_local, local_path_of, open_fs
+
+    model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
+    if is_local(folder):
+        root = local_path_of(folder)
+        model.save_pretrained(os.path.join(root, part), safe_serialization=True)
+        _update_index(root, part, model)
+        return
+    with tempfile.TemporaryDirectory(prefix=".facefab-export-") as tmp:
+        fs, remote = open_fs(folder, storage_options)
+        index = f"{remote.rstrip('/')}/{INDEX_FILE}"
+        if fs.exists(index):
+            fs.get_file(index, os.path.join(tmp, INDEX_FILE))
+        model.save_pretrained(os.path.join(tmp, part), safe_serialization=True)
+        _update_index(tmp, part, model)
+        fs.put(os.path.join(tmp, part), f"{remote.rstrip('/')}/{part}", recursive=True)
+        fs.put_file(os.path.join(tmp, INDEX_FILE), index)
+
+
+def _update_index(root: str, part: str, model) -> None:
+    path = os.path.join(root, INDEX_FILE)
+    index = {"_class_name": "MyTalkPipeline"}
+    if os.path.exists(path):
+        with open(path) as f:
+            index.update(json.load(f))
+    index[part] = ["facefab.operators.mytalk", type(model).__name__]
+    with open(path, "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+
+
+# -- the operator ---------------------------------------------------------------------------------------
+
+class MyTalkDub(GeneratorOperator):
+    """Dub one preprocessed face track with new speech.
+
+    Row: the track's `video_uri`, `start`, `fps`, `crop_uri` (aligned crops), `frames_uri` (per-frame
+    landmarks and crop->frame transforms) and the new `audio_uri`. Writes the track's frames with the
+    re-drawn lips pasted back through the inverse alignment and the new audio (cut or padded to the
+    track's length) to `out_uri`.
+    """
+
+    name = "mytalk_dub"
+    version = "1"
+    model_name = "mytalk"
+    inputs = ("video_uri", "fps", "crop_uri", "frames_uri", "audio_uri")
+    outputs = ("out_uri",)
+
+    @dataclass
+    class Config(GeneratorOperator.Config):
+        batch_size: int = 8  # frames per renderer batch
+        crf: int = 18
+
+    def load(self, checkpoint: str) -> MyTalkPipeline:
+        c = self.config
+        return MyTalkPipeline.from_pretrained(checkpoint, self.ctx.storage_options, device=self.device,
+                                              dtype=self.dtype, cache_dir=c.cache_dir, window=c.window,
+                                              overlap=c.overlap, batch_size=c.batch_size)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.operators.clipframes import clip_frames
+        from facefab.operators.io import read_audio, read_frames, write_video
+
+        opts = self.ctx.storage_options
+        fps = float(row["fps"])
+        track = read_track(row["frames_uri"], opts)
+        crops = read_frames(row["crop_uri"], storage_options=opts)
+        frames = clip_frames(row, storage_options=opts)
+        n = min(len(crops), len(track.frame_index))
+        if n == 0 or track.frame_index[n - 1] >= len(frames):
+            raise OperatorError(f"track frames do not fit the {len(frames)} decoded frames of the clip")
+        frames = frames[track.frame_index[:n]]
+        audio = read_audio(row["audio_uri"], sample_rate=SAMPLE_RATE, storage_options=opts)
+        mel = audio_mel_windows(audio, n, fps, self.model.motion.config.mel_window)
+        landmarks = to_crop_coords(track.landmarks[:n], track.inverse[:n])
+        out = self.model.generate(crops[:n], landmarks, mel)
+        pasted = self.paste_crops(frames, out.frames, track.inverse[:n], out.alpha)
+        uri = self.ctx.artifact_uri("dub", row["id"], ".mp4")
+        write_video(uri, pasted, fps, audio=audio[: round(n / fps * SAMPLE_RATE)], audio_rate=SAMPLE_RATE,
+                    crf=self.config.crf, storage_options=opts)
+        return {"out_uri": uri}
+
+
+__all__ = [
+    "MyTalkDub",
+    "MyTalkOutput",
+    "MyTalkPipeline",
+    "Track",
+    "audio_mel_windows",
+    "paste_box",
+    "read_track",
+    "save_pipeline_part",
+    "to_crop_coords",
+]

@@ -1,0 +1,233 @@
+"""MyTalk training systems for `facefab train mytalk` (the TrainableSystem protocol).
+
+    name / default_config() / build_model(model_config) / make_samples(row, storage_options) /
+    loss(model, batch) / export(model, out_dir)
+
+Both stages read ONE preprocess manifest row (crop_uri: aligned crops mp4 with 16 kHz audio;
+frames_uri: per-frame `landmarks` in source pixels + `inverse_transform` crop->frame;
+audio_features_uri: AudioFeatures .npz, optional: without it the mel is computed from crop_uri's audio
+with AudioFeatures' defaults). Landmarks are moved into the crop and normalised by its side.
+
+Samples (fixed shapes; T = `window`, W = mel_window, R = num_ref_frames, K = 37, N = num_refs,
+H = image_size):
+
+- mytalk-motion: mel (T,W,80) f32, ref_landmarks (R,136) f32 (iBUG-68 x,y of R random frames of the
+  clip), offsets (T,K,2) f32 (lip/jaw points minus their mean over the R frames), weight (T,) f32
+  (0 for frames without landmarks). One sample per `window` frames of the clip.
+- mytalk-render: masked (3,H,H), sketch (3,H,H), mask (1,H,H), refs (N,3,H,H), target (3,H,H), all
+  uint8; `samples_per_clip` frames spread over the clip, references at least `min_ref_gap` frames away.
+
+Both stages export into one folder: out_dir/motion/ and out_dir/renderer/ (+ model_index.json),
+which `MyTalkPipeline.from_pretrained(out_dir)` loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from facefab.operators.mytalk.config import motion_config, render_config
+from facefab.operators.mytalk.inference import (
+    MOTION_FOLDER,
+    RENDERER_FOLDER,
+    audio_mel_windows,
+    read_track,
+    save_pipeline_part,
+    to_crop_coords,
+)
+from facefab.operators.mytalk.motion import MOTION_POINTS, MyTalkMotion, fill_missing, motion_loss, normalised_68
+from facefab.operators.mytalk.renderer import (
+    MyTalkRenderer,
+    feather_px,
+    frame_inputs,
+    lip_box,
+    render_loss,
+    to_model_inputs,
+    warp_box,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _rng(row: dict, seed: int) -> np.random.Generator:
+    key = str(row.get("id") or row.get("crop_uri"))
+    return np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)])
+
+
+def _merge(defaults: dict, overrides: dict | None, cls) -> dict:
+    import inspect
+
+    merged = {**defaults, **(overrides or {})}
+    unknown = set(merged) - set(list(inspect.signature(cls.__init__).parameters)[1:])
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
+    return merged
+
+
+def _fps(row: dict, storage_options: dict | None) -> float:
+    if row.get("fps"):
+        return float(row["fps"])
+    from facefab.operators.io import probe
+
+    return float(probe(row["crop_uri"], storage_options).fps)
+
+
+def clip_points(row: dict, storage_options: dict | None,
+                crop_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T,68,2) normalised crop landmarks (missing frames interpolated), valid (T,) and the clip
+    frame numbers (T,) of a row's track."""
+    track = read_track(row["frames_uri"], storage_options)
+    if crop_size is None:
+        from facefab.operators.io import probe
+
+        crop_size = int(row.get("crop_size") or probe(row["crop_uri"], storage_options).width)
+    points, valid = fill_missing(normalised_68(to_crop_coords(track.landmarks, track.inverse), crop_size))
+    return points, valid, track.frame_index
+
+
+def clip_mel_windows(row: dict, storage_options: dict | None, frame_index: np.ndarray, mel_window: int) -> np.ndarray:
+    """(T,W,80) mel windows of the track's frames (clip frame numbers `frame_index`): from
+    audio_features_uri (per clip frame, re-centred to W), else from the crop video's own audio."""
+    context = (mel_window - 1) // 2
+    if row.get("audio_features_uri"):
+        from facefab.operators.arrays import load_npz
+
+        feats = load_npz(row["audio_features_uri"], storage_options)
+        mel, index = feats["mel"], feats["frame_index_map"]
+        centre = index[np.minimum(frame_index, len(index) - 1), index.shape[1] // 2].astype(np.int64)
+        return mel[np.clip(centre[:, None] + np.arange(-context, context + 1), 0, len(mel) - 1)]
+    from facefab.operators.io import read_audio
+
+    audio = read_audio(row["crop_uri"], sample_rate=16000, storage_options=storage_options)
+    return audio_mel_windows(audio, len(frame_index), _fps(row, storage_options), mel_window)
+
+
+class MyTalkMotionSystem:
+    """Stage 1: audio features + identity landmarks -> lip/jaw landmark offsets."""
+
+    name = "mytalk-motion"
+
+    def __init__(self, config: dict | None = None, *, tiny: bool = False, window: int = 50, seed: int = 0,
+                 velocity_weight: float = 1.0):
+        self.config = _merge(motion_config(tiny), config, MyTalkMotion)
+        self.window, self.seed, self.velocity_weight = window, seed, velocity_weight
+
+    def default_config(self) -> dict:
+        return dict(self.config)
+
+    def build_model(self, model_config: dict) -> MyTalkMotion:
+        return MyTalkMotion(**_merge(self.config, model_config, MyTalkMotion))
+
+    def make_samples(self, row: dict, storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
+        points, valid, frame_index = clip_points(row, storage_options)
+        mel = clip_mel_windows(row, storage_options, frame_index, self.config["mel_window"])
+        n, t = min(len(points), len(mel)), self.window
+        if n < t:
+            log.warning("%s: %d frames, fewer than one window of %d: no motion samples", row.get("id"), n, t)
+            return []
+        rng, r = _rng(row, self.seed), self.config["num_ref_frames"]
+        known = np.flatnonzero(valid[:n])
+        samples = []
+        for start in range(0, n - t + 1, t):
+            weight = valid[start:start + t].astype(np.float32)
+            if weight.mean() < 0.5:
+                continue
+            refs = points[rng.choice(known, size=r, replace=len(known) < r)]
+            template = refs[:, MOTION_POINTS].mean(axis=0)
+            samples.append({
+                "mel": np.ascontiguousarray(mel[start:start + t], np.float32),
+                "ref_landmarks": refs.reshape(r, -1).astype(np.float32),
+                "offsets": (points[start:start + t, MOTION_POINTS] - template).astype(np.float32),
+                "weight": weight,
+            })
+        return samples
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        dtype = next(model.parameters()).dtype
+        pred = model(batch["mel"].to(dtype), batch["ref_landmarks"].to(dtype))
+        return motion_loss(pred, batch["offsets"], batch.get("weight"), self.velocity_weight)
+
+    def export(self, model, out_dir: str, storage_options: dict | None = None) -> None:
+        save_pipeline_part(model, out_dir, MOTION_FOLDER, storage_options)
+
+
+class MyTalkRenderSystem:
+    """Stage 2: masked frame + landmark sketch + reference lip crops -> lip region RGB + alpha."""
+
+    name = "mytalk-render"
+
+    def __init__(self, config: dict | None = None, *, tiny: bool = False, samples_per_clip: int = 16,
+                 min_ref_gap: int = 10, seed: int = 0, gradient_weight: float = 1.0):
+        self.config = _merge(render_config(tiny), config, MyTalkRenderer)
+        self.samples_per_clip, self.min_ref_gap = samples_per_clip, min_ref_gap
+        self.seed, self.gradient_weight = seed, gradient_weight
+
+    def default_config(self) -> dict:
+        return dict(self.config)
+
+    def build_model(self, model_config: dict) -> MyTalkRenderer:
+        return MyTalkRenderer(**_merge(self.config, model_config, MyTalkRenderer))
+
+    def make_samples(self, row: dict, storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
+        from facefab.operators.io import read_frames
+
+        c = self.config
+        crops = read_frames(row["crop_uri"], storage_options=storage_options)
+        points, valid, _ = clip_points(row, storage_options, crop_size=crops.shape[1])
+        n = min(len(crops), len(points))
+        points, valid = points[:n, MOTION_POINTS], valid[:n]
+        known = np.flatnonzero(valid)
+        if len(known) < c["num_refs"] + 1:
+            log.warning("%s: %d frames with landmarks, too few for %d references", row.get("id"), len(known),
+                        c["num_refs"])
+            return []
+        rng = _rng(row, self.seed)
+        box = lip_box(points[known], c["box_scale"])
+        frames = known[np.round(np.linspace(0, len(known) - 1, min(self.samples_per_clip, len(known)))).astype(int)]
+        boxes = {}
+
+        def box_of(t):
+            if t not in boxes:
+                boxes[t] = warp_box(crops[t], box, c["image_size"])
+            return boxes[t]
+
+        samples = []
+        for t in frames:
+            far = known[np.abs(known - t) >= min(self.min_ref_gap, max(1, n // 4))]
+            pool = far if len(far) >= c["num_refs"] else known[known != t]
+            refs = rng.choice(pool, size=c["num_refs"], replace=len(pool) < c["num_refs"])
+            other = rng.choice(pool)  # its hull joins the mask, as the target's does at inference
+            own = box.to_box(points[t])
+            item = frame_inputs(box_of(t), own, [own, box.to_box(points[other])],
+                                np.stack([box_of(r) for r in refs]), c["mask_dilation"], c["feather"])
+            item["target"] = box_of(t).transpose(2, 0, 1).copy()
+            samples.append(item)
+        return samples
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        param = next(model.parameters())
+        x = to_model_inputs(batch, param.device)
+        cast = {k: v.to(param.dtype) for k, v in x.items()}
+        rgb, alpha = model(cast["masked"], cast["sketch"], cast["mask"], cast["refs"])
+        feather = feather_px(self.config["feather"], x["mask"].shape[-1])
+        return render_loss(rgb, alpha, x["masked"], x["target"], x["mask"], feather, self.gradient_weight)
+
+    def export(self, model, out_dir: str, storage_options: dict | None = None) -> None:
+        save_pipeline_part(model, out_dir, RENDERER_FOLDER, storage_options)
+
+
+SYSTEMS = {MyTalkMotionSystem.name: MyTalkMotionSystem, MyTalkRenderSystem.name: MyTalkRenderSystem}
+
+
+def get_system(name: str, config: dict | None = None, **kwargs: Any):
+    """A training system by name ("mytalk-motion" / "mytalk-render") with model config overrides."""
+    if name not in SYSTEMS:
+        raise KeyError(f"unknown training system {name!r}; known: {sorted(SYSTEMS)}")
+    return SYSTEMS[name](config, **kwargs)
+
+
+__all__ = ["SYSTEMS", "MyTalkMotionSystem", "MyTalkRenderSystem", "clip_mel_windows", "clip_points", "get_system"]

@@ -1,0 +1,130 @@
+"""The generator registry: which face/avatar generators facefab knows and what each needs.
+
+Every generator is one entry: its task (the generation manifest kind it fills: dub / animate /
+makeup / swap), the job columns it needs (as named in the generation manifest: video_uri,
+audio_uri, reference_uri), its weight-free default (what runs without a checkpoint, or "none yet"),
+and, once implemented, the import paths of its operator and model. Checkpoints are configured per
+generator with $FACEFAB_CHECKPOINT_<NAME> (e.g. FACEFAB_CHECKPOINT_MYTALK=s3://bucket/mytalk) or a
+config mapping; `facefab models` prints this table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ENV_PREFIX = "FACEFAB_CHECKPOINT_"
+TASKS = ("dub", "animate", "makeup", "swap")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    title: str
+    task: str
+    inputs: tuple[str, ...]  # generation-manifest columns the job row must fill
+    summary: str
+    weight_free_default: str = "none yet"
+    operator: str | None = None  # "module:Class" once implemented
+    model: str | None = None  # "module:Class" of the loadable model/pipeline
+    trainable: tuple[str, ...] = ()  # TrainableSystem names (facefab train)
+
+    @property
+    def status(self) -> str:
+        return "implemented" if self.operator else "planned"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["inputs"] = list(self.inputs)
+        out["trainable"] = list(self.trainable)
+        out["status"] = self.status
+        return out
+
+
+GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in [
+    GeneratorSpec("beautyrec", "BeautyREC", "makeup", ("video_uri", "reference_uri"),
+                  "makeup transfer from a reference face onto the video's face"),
+    GeneratorSpec("follow-your-emoji", "Follow-Your-Emoji", "animate", ("reference_uri", "video_uri"),
+                  "portrait animation driven by the expression landmarks of a driving video"),
+    GeneratorSpec("gaia", "GAIA", "animate", ("reference_uri", "audio_uri"),
+                  "talking avatar from one portrait and speech (motion/appearance disentangled)"),
+    GeneratorSpec("v-express", "V-Express", "animate", ("reference_uri", "audio_uri"),
+                  "talking portrait from one image and speech, optional pose video"),
+    GeneratorSpec("megactor", "MegActor", "animate", ("reference_uri", "video_uri"),
+                  "portrait animation from a raw driving video"),
+    GeneratorSpec("face-adapter", "Face-Adapter", "swap", ("reference_uri", "video_uri"),
+                  "face swap / reenactment of the reference identity onto the video"),
+    GeneratorSpec("hallo", "Hallo", "animate", ("reference_uri", "audio_uri"),
+                  "audio-driven portrait animation (hierarchical audio-visual attention)"),
+    GeneratorSpec("mytalk", "MyTalk", "dub", ("video_uri", "audio_uri"),
+                  "lip dubbing: Conformer audio->lip/jaw landmarks, then a UNet renders the lip region",
+                  operator="facefab.operators.mytalk.inference:MyTalkDub",
+                  model="facefab.operators.mytalk.inference:MyTalkPipeline",
+                  trainable=("mytalk-motion", "mytalk-render")),
+    GeneratorSpec("mofa-video", "MOFA-Video", "animate", ("reference_uri", "video_uri"),
+                  "image animation through sparse-to-dense motion (landmark / trajectory hints)"),
+    GeneratorSpec("face-vid2vid", "face-vid2vid", "animate", ("reference_uri", "video_uri"),
+                  "one-shot talking-head reenactment with 3D keypoints"),
+]}
+
+
+def get(name: str) -> GeneratorSpec:
+    key = name.lower()
+    if key not in GENERATORS:
+        raise KeyError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}")
+    return GENERATORS[key]
+
+
+def env_var(name: str) -> str:
+    """FACEFAB_CHECKPOINT_<NAME>: the name upper-cased, non-alphanumerics as '_'."""
+    return ENV_PREFIX + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+
+
+def checkpoint_for(name: str, config: Mapping[str, Any] | None = None,
+                   env: Mapping[str, str] | None = None) -> str | None:
+    """The configured checkpoint URI of generator `name`, or None.
+
+    `config` wins over the environment: {name: uri} or {name: {"checkpoint": uri}}, optionally
+    nested under a "models" key (the shape of a YAML config file).
+    """
+    spec = get(name)
+    if config:
+        section = config.get("models", config) if isinstance(config.get("models"), Mapping) else config
+        value = section.get(spec.name)
+        if isinstance(value, Mapping):
+            value = value.get("checkpoint")
+        if value:
+            return str(value)
+    env = os.environ if env is None else env
+    return env.get(env_var(spec.name)) or None
+
+
+def checkpoint_configured(name: str, config: Mapping[str, Any] | None = None,
+                          env: Mapping[str, str] | None = None) -> bool:
+    return checkpoint_for(name, config, env) is not None
+
+
+def load_operator(name: str):
+    """The operator class of an implemented generator."""
+    import importlib
+
+    spec = get(name)
+    if not spec.operator:
+        raise NotImplementedError(f"{spec.title} is planned but not implemented yet")
+    module, cls = spec.operator.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = [
+    "GENERATORS",
+    "TASKS",
+    "GeneratorSpec",
+    "checkpoint_configured",
+    "checkpoint_for",
+    "env_var",
+    "get",
+    "load_operator",
+]

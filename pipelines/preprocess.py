@@ -1,0 +1,102 @@
+"""`facefab preprocess`: raw videos -> clips -> face tracks with every per-frame feature.
+
+    probe -> shots (fan-out: clips) -> faces (fan-out: tracks) -> landmarks -> align -> pose
+          -> parsing -> audio -> [speech_encoder] -> flow -> quality -> frame_table -> filter
+
+One manifest row per face track of a clip (kind `clips`). Scores are stored; the `filter` step
+applies thresholds from the config and marks rows `filtered` with the reasons, so thresholds can
+change without recomputing anything (`facefab preprocess --operators filter` re-filters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from facefab.operators.align import AlignCrop
+from facefab.operators.audio_features import AudioFeatures, SpeechEncoder
+from facefab.operators.base import Operator, RunContext
+from facefab.operators.faces import FaceTrack
+from facefab.operators.flow import OpticalFlow
+from facefab.operators.frame_table import WriteFrameFeatures
+from facefab.operators.landmarks import FaceLandmarks
+from facefab.operators.parsing import FaceParsing
+from facefab.operators.pose import HeadPose
+from facefab.operators.probe import ProbeVideo
+from facefab.operators.quality import QualityFilter, QualityScores
+from facefab.operators.shots import ShotClips
+from facefab.pipelines.engine import PipelineRun, RunSummary, run_pipeline
+
+# (config section / --operators name, operator class) in DAG order
+STAGES: list[tuple[str, type[Operator]]] = [
+    ("probe", ProbeVideo),
+    ("shots", ShotClips),
+    ("faces", FaceTrack),
+    ("landmarks", FaceLandmarks),
+    ("align", AlignCrop),
+    ("pose", HeadPose),
+    ("parsing", FaceParsing),
+    ("audio", AudioFeatures),
+    ("speech_encoder", SpeechEncoder),
+    ("flow", OpticalFlow),
+    ("quality", QualityScores),
+    ("frame_table", WriteFrameFeatures),
+    ("filter", QualityFilter),
+]
+OPTIONAL_STAGES = {"speech_encoder"}  # runs only when configured (a model path)
+
+
+@dataclass
+class PreprocessConfig:
+    operators: list[str] | None = field(default=None, metadata={"help": "run only these stages (comma-separated)"})
+    probe: ProbeVideo.Config = field(default_factory=ProbeVideo.Config)
+    shots: ShotClips.Config = field(default_factory=ShotClips.Config)
+    faces: FaceTrack.Config = field(default_factory=FaceTrack.Config)
+    landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
+    align: AlignCrop.Config = field(default_factory=AlignCrop.Config)
+    pose: HeadPose.Config = field(default_factory=HeadPose.Config)
+    parsing: FaceParsing.Config = field(default_factory=FaceParsing.Config)
+    audio: AudioFeatures.Config = field(default_factory=AudioFeatures.Config)
+    speech_encoder: SpeechEncoder.Config = field(default_factory=SpeechEncoder.Config)
+    flow: OpticalFlow.Config = field(default_factory=OpticalFlow.Config)
+    quality: QualityScores.Config = field(default_factory=QualityScores.Config)
+    frame_table: WriteFrameFeatures.Config = field(default_factory=WriteFrameFeatures.Config)
+    filter: QualityFilter.Config = field(default_factory=QualityFilter.Config)
+
+
+def _stage_enabled(name: str, config: PreprocessConfig) -> bool:
+    if name == "speech_encoder":
+        return bool(getattr(config.speech_encoder, "model_path", None))
+    return True
+
+
+def build_operators(config: PreprocessConfig) -> list[Operator]:
+    """The operators to run, in order; validates a --operators subset against the columns."""
+    known = [name for name, _ in STAGES]
+    selected = config.operators or [n for n in known if _stage_enabled(n, config)]
+    unknown = [n for n in selected if n not in known]
+    if unknown:
+        raise ValueError(f"unknown operator(s) {unknown}; choose from {known}")
+    ops = [cls(getattr(config, name)) for name, cls in STAGES if name in selected]
+    check_columns(ops, available={"id", "video_uri"})
+    return ops
+
+
+def check_columns(ops: list[Operator], available: set[str]) -> None:
+    """Every operator's inputs must come from the input rows or an earlier operator."""
+    have = set(available)
+    for op in ops:
+        missing = [c for c in op.inputs if c not in have]
+        if missing:
+            raise ValueError(f"operator {op.name!r} needs {missing}, which no earlier stage produces; "
+                             f"add the stage that makes them to --operators")
+        have.update(op.outputs)
+
+
+def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: RunContext, *,
+                   resume: bool = True, max_attempts: int = 3, limit: int | None = None,
+                   progress: bool = True) -> RunSummary:
+    ops = build_operators(config)
+    run = PipelineRun("preprocess", "clips", ctx, resume=resume, max_attempts=max_attempts, limit=limit,
+                      progress=progress, config=asdict(config))
+    return run_pipeline(run, ops, inputs)
