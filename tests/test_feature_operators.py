@@ -18,7 +18,7 @@ import pytest
 from facefab.operators.arrays import load_npz, pack_arrays, unpack_arrays
 from facefab.operators.audio_features import AudioFeatures, SpeechEncoder, frame_rms
 from facefab.operators.base import RunContext
-from facefab.operators.flow import RAFT_UNAVAILABLE, OpticalFlow
+from facefab.operators.flow import RAFT_UNAVAILABLE, OpticalFlow, load_flow
 from facefab.operators.io import read_audio, read_frames, write_audio, write_video
 from facefab.operators.parsing import LABELS, FaceParsing, mouth_open_ratio
 from facefab.operators.quality import QualityFilter, QualityScores, av_sync_score
@@ -257,9 +257,10 @@ def test_flow_of_a_translating_portrait(tmp_path, ctx):
     row = {"id": "moving", "status": "ok", "crop_uri": crop_uri, "start": 0.0, "end": n / FPS, "fps": FPS}
 
     out = run_one(OpticalFlow(ctx=ctx), row)
-    data = load_npz(out["flow_uri"])
+    data = load_flow(out["flow_uri"])
     flow, traj = data["flow"], data["trajectories"]
-    assert flow.shape == (n - 1, 128, 128, 2) and flow.dtype == np.float16
+    assert flow.shape == (n - 1, 128, 128, 2)
+    assert load_npz(out["flow_uri"])["flow_q"].dtype == np.int8  # stored compactly
     inner = flow[:, 16:-16, 16:-16].astype(np.float32)  # away from the reflected border
     expected = step * 128 / CROP
     assert inner[..., 0].mean() == pytest.approx(expected, abs=0.1)

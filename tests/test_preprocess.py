@@ -13,6 +13,7 @@ from facefab.jobs.cli import main
 from facefab.manifests import read_manifest
 from facefab.manifests.storage import open_fs, read_bytes
 from facefab.operators.arrays import load_npz
+from facefab.operators.flow import load_flow
 from facefab.operators.io import probe, write_video
 from facefab.pipelines.report import build_report
 
@@ -70,7 +71,7 @@ def test_every_real_video_yields_complete_face_tracks(preprocessed, shared_data)
             assert masks["labels"].shape[0] == len(frames) and masks["labels"].max() >= 9
             audio = load_npz(r["audio_features_uri"])
             assert len(audio["rms"]) == len(frames)
-            flow = load_npz(r["flow_uri"])
+            flow = load_flow(r["flow_uri"])
             assert flow["flow"].shape[0] == len(frames) - 1
             crop = probe(r["crop_uri"])
             assert (crop.width, crop.height) == (512, 512) and crop.has_audio == r["has_audio"]

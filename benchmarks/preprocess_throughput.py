@@ -1,0 +1,141 @@
+"""Preprocess throughput: the Ray DAG vs a plain sequential loop vs decode alone, and peak memory.
+
+Prints, from one run on this machine:
+  - frames/s of decode alone (every input at 25 fps, full resolution),
+  - frames/s of a sequential single-process loop running the same operators (run_local),
+  - frames/s of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio,
+  - peak memory (driver + all Ray workers, sampled) for the input list once and repeated 10x.
+
+Usage: python benchmarks/preprocess_throughput.py [--inputs VIDEO...] [--repeat 2] [--memory-repeat 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from facefab.operators.base import RunContext, stable_id
+from facefab.operators.io import iter_frames, probe
+from facefab.pipelines.engine import PipelineRun, init_ray, run_local, run_pipeline
+from facefab.pipelines.preprocess import PreprocessConfig, build_operators
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_INPUTS = [REPO / "samples" / "talking_d6_4s.mp4", REPO / "samples" / "halfbody_sun_3s.mp4"]
+SHARED = REPO.parent / "shared" / "data" / "videos"
+if (SHARED / "drive_d0.mp4").exists():
+    DEFAULT_INPUTS.append(SHARED / "drive_d0.mp4")
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and every other process of this user's Ray session."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _total(self) -> int:
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "default_worker" in cmd:
+                procs.append(p)
+        seen, total = set(), 0
+        for p in procs:
+            if p.pid in seen:
+                continue
+            seen.add(p.pid)
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def rows_for(videos: list[Path], repeat: int) -> list[dict]:
+    # distinct ids per repetition, so resume does not collapse the repeats
+    return [{"id": stable_id("bench", str(v), r), "video_uri": str(v)} for r in range(repeat) for v in videos]
+
+
+def frames_of(videos: list[Path], repeat: int, fps: float = 25.0) -> int:
+    return repeat * sum(int(round(probe(str(v)).duration * fps)) for v in videos)
+
+
+def time_decode(videos: list[Path], repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for v in videos:
+            for _chunk in iter_frames(str(v), fps=25.0):
+                pass
+    return time.perf_counter() - start
+
+
+def time_sequential(videos: list[Path], repeat: int, workdir: str) -> float:
+    ops = build_operators(PreprocessConfig())
+    ctx = RunContext(os.path.join(workdir, "sequential"))
+    start = time.perf_counter()
+    rows = run_local(ops, rows_for(videos, repeat), ctx)
+    elapsed = time.perf_counter() - start
+    bad = [r for r in rows if r["status"] == "failed"]
+    if bad:
+        raise SystemExit(f"sequential loop failed rows: {[r['error'] for r in bad]}")
+    return elapsed
+
+
+def time_dag(videos: list[Path], repeat: int, out: str) -> tuple[float, int]:
+    run = PipelineRun("bench", "clips", RunContext(out), progress=False)
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        summary = run_pipeline(run, build_operators(PreprocessConfig()), rows_for(videos, repeat))
+        elapsed = time.perf_counter() - start
+    if summary.run_counts.get("failed"):
+        raise SystemExit(f"DAG failed rows: {summary.errors}")
+    return elapsed, mem.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", nargs="+", type=Path, default=DEFAULT_INPUTS)
+    parser.add_argument("--repeat", type=int, default=2, help="input list repeats for the speed comparison")
+    parser.add_argument("--memory-repeat", type=int, default=10, help="repeats for the flat-memory check")
+    args = parser.parse_args()
+    videos = args.inputs
+    n = frames_of(videos, args.repeat)
+    print(f"inputs: {[v.name for v in videos]} x{args.repeat} = {n} frames at 25 fps; {os.cpu_count()} CPUs")
+    init_ray(progress=False)
+    with tempfile.TemporaryDirectory() as work:
+        decode = time_decode(videos, args.repeat)
+        print(f"decode alone:      {n / decode:7.1f} frames/s")
+        seq = time_sequential(videos, args.repeat, work)
+        print(f"sequential loop:   {n / seq:7.1f} frames/s")
+        # warm the Ray workers' imports once so both DAG timings measure steady state
+        time_dag(videos[:1], 1, os.path.join(work, "warm"))
+        dag, peak_1 = time_dag(videos, args.repeat, os.path.join(work, "dag"))
+        print(f"Ray DAG:           {n / dag:7.1f} frames/s   DAG/sequential = {seq / dag:.2f}x")
+        _, peak_small = time_dag(videos, 1, os.path.join(work, "mem1"))
+        _, peak_big = time_dag(videos, args.memory_repeat, os.path.join(work, "mem10"))
+        print(f"peak memory (driver + Ray workers): inputs x1 {peak_small / 2**30:.2f} GiB, "
+              f"x{args.memory_repeat} {peak_big / 2**30:.2f} GiB (ratio {peak_big / peak_small:.2f})")
+
+
+if __name__ == "__main__":
+    main()
