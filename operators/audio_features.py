@@ -19,20 +19,15 @@ instead of losing the row.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from facefab.manifests.storage import is_local, local_path_of, open_fs
 from facefab.operators.arrays import save_npz
 from facefab.operators.base import Operator, OperatorError, Resources
+from facefab.operators.generation import CheckpointError, resolve_checkpoint
 from facefab.operators.io import read_audio
 from facefab.operators.parsing import track_time_window, video_frame_count
 
@@ -240,40 +235,6 @@ class AudioFeatures(Operator):
                 "has_speech": bool(vad.any())}
 
 
-def local_model_dir(model_path: str, cache_dir: str, storage_options: dict[str, Any] | None = None) -> str:
-    """A local folder holding the checkpoint: the path itself, or a cached copy of a remote folder.
-
-    Remote folders (s3://...) are downloaded once per machine into cache_dir/<hash of the URI>;
-    the download lands in a hidden temp folder that is renamed into place when complete, so a
-    crashed or concurrent download never leaves a half-written cache entry behind.
-    """
-    if is_local(model_path):
-        return local_path_of(model_path)
-    target = Path(cache_dir).expanduser() / hashlib.sha1(model_path.rstrip("/").encode()).hexdigest()[:16]
-    if target.is_dir():
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fs, root = open_fs(model_path, storage_options)
-    root = root.rstrip("/")
-    remote_files = [f for f in fs.find(root) if not fs.isdir(f)]
-    if not remote_files:
-        raise OperatorError(f"model folder {model_path} is empty or missing")
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
-    try:
-        for remote in remote_files:
-            local = staging / os.path.relpath(remote, root)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local))
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent download that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
-
-
 def resample_frames(hidden, n_frames: int):
     """(L, ...) features linearly resampled in time to (n_frames, ...) (Hallo's interpolation)."""
     import torch
@@ -304,7 +265,7 @@ class SpeechEncoder(Operator):
     @dataclass
     class Config:
         model_path: str = ""  # local folder or s3://... folder of a save_pretrained checkpoint
-        cache_dir: str = "~/.cache/facefab/models"
+        cache_dir: str | None = None  # for remote model folders; None: generation.DEFAULT_CACHE_DIR
         layer: int = -1  # index into the hidden states (-1: last layer)
         all_layers: bool = False  # store every hidden state (Hallo's audio_feature stacking)
         normalize: bool = True  # wav2vec2 zero-mean/unit-variance input when no preprocessor config
@@ -317,7 +278,10 @@ class SpeechEncoder(Operator):
 
         if not self.config.model_path:
             raise OperatorError("SpeechEncoder needs Config.model_path (a local or s3:// checkpoint folder)")
-        folder = local_model_dir(self.config.model_path, self.config.cache_dir, self.ctx.storage_options)
+        try:
+            folder = resolve_checkpoint(self.config.model_path, self.ctx.storage_options, self.config.cache_dir)
+        except CheckpointError as exc:
+            raise OperatorError(str(exc)) from None
         model_config = AutoConfig.from_pretrained(folder, local_files_only=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=getattr(torch, self.config.dtype))
         self._is_whisper = model_config.model_type == "whisper"
@@ -396,7 +360,6 @@ __all__ = [
     "frame_rms",
     "frame_voice_activity",
     "load_vad",
-    "local_model_dir",
     "log_mel",
     "mel_filterbank",
     "mel_windows",
