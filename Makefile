@@ -5,11 +5,12 @@ OUT ?= out/demo
 
 .PHONY: install demo test bench clean
 
-# MediaPipe 0.10.21 is installed without its dependencies: with them it would downgrade numpy
-# and break pandas/pyarrow. The few it needs are regular dependencies in pyproject.toml.
+# Two packages are installed without their dependencies: MediaPipe 0.10.21 (its pins would
+# downgrade numpy and break pandas/pyarrow) and invisible-watermark 0.2.0 (it pins the GUI build of
+# OpenCV, which clashes with opencv-python-headless). What they need is in pyproject.toml.
 install:
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps "mediapipe==0.10.21"
+	$(PIP) install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0"
 
 demo: install
 	facefab preprocess samples/ --out $(OUT)
