@@ -20,6 +20,7 @@ COMMANDS = {
     "dub": "facefab.jobs.commands.dub",
     "train": "facefab.jobs.commands.train",
     "models": "facefab.jobs.commands.models",
+    "run": "facefab.jobs.commands.run",
     "verify": "facefab.jobs.commands.verify",
     "report": "facefab.jobs.commands.report",
     "status": "facefab.jobs.commands.status",
