@@ -1,0 +1,51 @@
+"""`facefab dub [MANIFEST] --out ROOT`: lip-sync talking videos to new audio tracks.
+
+MANIFEST is a Parquet or CSV table (local or s3://) with the columns video_uri and audio_uri, and
+optionally job_id and out_name (other columns are kept); or give one pair with --video and
+--audio. Each row yields ROOT/outputs/<out_name or row id>.mp4: the source video at its own size
+and fps with the new audio muxed in (AAC) and the lips re-synced to it, tagged synthetic and
+watermarked. The manifest (ROOT/manifest/, kind "dub") records status, error, model and scores;
+ROOT/summary.json the run. Rerunning the same command on the same ROOT resumes.
+
+Without a checkpoint the weight-free default runs (Video-Rewrite style: mouths from the video's own
+frames, chosen for the new audio); --checkpoint DIR (or $FACEFAB_CHECKPOINT_MYTALK) runs MyTalk.
+Audio longer than the video extends it (--length-mode pingpong|loop|hold|trim); shorter trims it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facefab.jobs.config import add_config_flags, build_config
+
+
+def add_parser(sub) -> None:
+    from facefab.jobs.cli import add_run_args
+    from facefab.pipelines.dub import DubConfig
+
+    p = sub.add_parser("dub", help="lip-sync videos to new audio tracks (manifest of video/audio pairs)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="Parquet/CSV with video_uri, audio_uri")
+    p.add_argument("--video", default=None, help="one source video (with --audio, instead of a MANIFEST)")
+    p.add_argument("--audio", default=None, help="its new audio track")
+    add_run_args(p)
+    add_config_flags(p, DubConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facefab.manifests.storage import join_uri, storage_options_from_env
+    from facefab.operators.base import RunContext
+    from facefab.pipelines.dub import DubConfig, build_operators, dub_inputs, run_dub
+
+    config = build_config(DubConfig, args, args.config)
+    build_operators(config)  # fail fast on a bad setting, before Ray starts
+    opts = storage_options_from_env(args.storage_options)
+    inputs = dub_inputs(args.manifest, args.video, args.audio, opts)
+    summary = run_dub(inputs, config, RunContext(args.out, opts), resume=args.resume,
+                      max_attempts=args.max_attempts, limit=args.limit, progress=args.progress)
+    print(summary.line())
+    print(f"outputs: {join_uri(args.out, 'outputs')}")
+    for err in summary.errors[:10]:
+        print(f"  failed {err['id']}: [{err.get('operator')}] {err.get('type')}: {err.get('message')}")
+    return 0 if summary.run_counts.get("failed", 0) == 0 else 1

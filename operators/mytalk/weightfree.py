@@ -1,0 +1,432 @@
+"""Weight-free lip dubbing in the spirit of Video Rewrite (Bregler et al., SIGGRAPH 1997).
+
+What `facefab dub` runs when no checkpoint is configured. Nothing is downloaded or pretrained:
+every mapping is fitted per video, on the video itself.
+
+1. Mouth shape (`mouth_features`): per frame, a few distances between face-mesh points in the
+   aligned crop (inner/outer lip opening, outer/inner mouth width, jaw drop, lip thickness),
+   divided by the crop side, so they do not depend on face size.
+2. Audio -> mouth shape (`MouthModel`): when the source has enough speech of its own
+   (silero-vad), a ridge regression from its log-mel windows to its mouth shapes (numpy closed
+   form, penalty chosen by blocked cross-validation); when it has too little speech, or the
+   regression does not predict its own held-out frames, loudness is mapped onto opening
+   instead (quiet speech: nearly closed, loud: the widest opening seen in this video). Silence
+   always maps to the video's own closed mouth.
+3. Selection (`select_frames`): for every output frame, the source frame whose mouth best fits
+   the predicted shape and whose head pose fits the frame it is pasted into, chosen jointly over
+   time by Viterbi: continuing with the next source frame is free and a jump costs, so the
+   output replays runs of real mouth motion instead of flickering between single frames.
+4. Transfer (`transfer_mouth`): the chosen frame's lower face is warped into the current frame's
+   aligned crop by the similarity that maps its rigid lower-face points (nose, cheeks, eye
+   corners) onto the current ones, gain-matched on the skin around it and blended through a
+   feathered mask covering both frames' lower faces (so the old mouth and chin disappear).
+   `align.paste_back` puts the result into the frame; outside the mask the frame is untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from facefab.operators.align import umeyama_similarity
+from facefab.operators.faces import moving_average
+from facefab.operators.parsing import (
+    LOWER_INNER_LIP,
+    MOUTH_CORNERS_INNER,
+    MOUTH_CORNERS_OUTER,
+    UPPER_INNER_LIP,
+    UPPER_OUTER_LIP,
+)
+
+LOWER_OUTER_LIP = 17
+SUBNASALE = 2
+CHIN = 152
+
+# (name, mesh point a, mesh point b, matching weight): mouth shape = distances a-b / crop side.
+_FEATURES = (
+    ("inner_open", UPPER_INNER_LIP, LOWER_INNER_LIP, 2.0),
+    ("outer_open", UPPER_OUTER_LIP, LOWER_OUTER_LIP, 1.0),
+    ("outer_width", *MOUTH_CORNERS_OUTER, 0.75),
+    ("inner_width", *MOUTH_CORNERS_INNER, 0.5),
+    ("jaw_drop", SUBNASALE, CHIN, 1.0),
+    ("upper_lip", UPPER_OUTER_LIP, UPPER_INNER_LIP, 0.25),
+    ("lower_lip", LOWER_INNER_LIP, LOWER_OUTER_LIP, 0.25),
+)
+FEATURE_NAMES = tuple(f[0] for f in _FEATURES)
+FEATURE_WEIGHTS = np.array([f[3] for f in _FEATURES])
+OPENING = np.array([name in ("inner_open", "outer_open", "jaw_drop") for name in FEATURE_NAMES])
+
+# Points the jaw does not move (nose, cheeks beside the nose, eye corners): the chosen frame's lower
+# face is aligned to the current one on these.
+ANCHORS = np.array([4, 1, 2, 98, 327, 50, 280, 36, 266, 33, 133, 362, 263])
+# Lower face: nostril base, cheeks beside the mouth, jaw line from angle to angle over the chin.
+LOWER_FACE = np.array([98, 2, 327, 426, 436, 432, 422, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
+                       136, 202, 212, 216, 206])
+# Jaw points on the face's side silhouette: pulled toward the mouth so the mask's side edges stay
+# on cheek skin (blending skin into skin) instead of cutting through the background.
+JAW_SIDES = np.isin(LOWER_FACE, [365, 379, 378, 149, 150, 136])
+MOUTH_CENTRE = np.array([UPPER_OUTER_LIP, LOWER_OUTER_LIP, *MOUTH_CORNERS_OUTER])
+# Head-pose proxy in the aligned crop: nose tip and the face's left/right extremes move with yaw
+# and pitch but not with the mouth.
+POSE_POINTS = np.array([4, 234, 454])
+
+
+@dataclass
+class WeightFreeConfig:
+    context: int = 8  # mel frames each side of a video frame (10 ms hop: +-80 ms)
+    min_fit_speech_s: float = 2.5  # own speech needed to fit the audio -> mouth regression
+    min_fit_r: float = 0.3  # held-out correlation the regression must reach (and beat loudness's)
+    candidates: int = 24  # best-fitting source frames considered per output frame
+    jump_cost: float = 2.0  # cost of cutting to another source frame (continuing is free)
+    hold_cost: float = 0.5  # cost of showing the same source frame twice in a row
+    pose_weight: float = 2.0  # head-pose mismatch (per pose std) against mouth-shape mismatch
+    smooth_frames: int = 3  # moving average on the predicted mouth shapes
+    mask_margin: float = 0.08  # mask grows this much (fraction of its size) beyond the lower face
+    side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
+    feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
+    match_color: bool = True  # per-channel gain so the pasted skin matches the frame's
+
+
+@dataclass
+class Speech:
+    """Audio features per video frame."""
+
+    mel_windows: np.ndarray  # (T, W, n_mels) log-mel around each frame's centre
+    rms: np.ndarray  # (T,)
+    vad: np.ndarray  # (T,) bool: speech
+
+    def __len__(self) -> int:
+        return len(self.rms)
+
+
+@dataclass
+class DubPlan:
+    choice: np.ndarray  # (N,) source frame whose mouth each output frame shows
+    targets: np.ndarray  # (N, F) predicted mouth shape, standardised like the bank
+    fit: str  # "ridge" (own speech) or "loudness" (fallback)
+    fit_r: float  # held-out correlation of the ridge fit with inner opening (nan when not fitted)
+
+    @property
+    def mean_run(self) -> float:
+        """Mean number of output frames between cuts (a cut: not the next or the same source frame)."""
+        cuts = np.count_nonzero(~np.isin(np.diff(self.choice), (0, 1)))
+        return len(self.choice) / (cuts + 1)
+
+
+# -- mouth shape and pose -----------------------------------------------------------------------
+
+def mouth_features(points: np.ndarray, size: float) -> np.ndarray:
+    """(T, F) mouth shape from (T, 478, >=2) crop-pixel landmarks; NaN rows where points are NaN."""
+    xy = np.asarray(points, np.float64)[..., :2]
+    a = np.array([f[1] for f in _FEATURES])
+    b = np.array([f[2] for f in _FEATURES])
+    return np.linalg.norm(xy[:, a] - xy[:, b], axis=-1) / float(size)
+
+
+def pose_features(points: np.ndarray, size: float) -> np.ndarray:
+    """(T, 6) head-pose proxy: crop positions of the nose tip and the two face extremes."""
+    return np.asarray(points, np.float64)[:, POSE_POINTS, :2].reshape(len(points), -1) / float(size)
+
+
+def weighted_sq_distances(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N, B) sum_k w_k (a[n, k] - b[j, k])^2 without the (N, B, F) intermediate (long audio
+    against a long bank would need gigabytes)."""
+    aw = a * weights
+    d = (aw * a).sum(axis=1)[:, None] + ((b * weights) * b).sum(axis=1)[None, :] - 2.0 * aw @ b.T
+    return np.maximum(d, 0.0)
+
+
+def _standardiser(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.nanmean(values, axis=0)
+    std = np.maximum(np.nanstd(values, axis=0), floor)
+    return mean, std
+
+
+# -- audio -> mouth shape -----------------------------------------------------------------------
+
+def speech_design(speech: Speech, bands: int = 20, chunks: int = 3) -> np.ndarray:
+    """(T, chunks*bands + 1) regression inputs: the mel window pooled into `chunks` time slices x
+    `bands` frequency bands, plus log energy, normalised per recording over its speech frames
+    (cepstral-mean style), so a different voice or microphone lands on the same scale."""
+    mel = np.asarray(speech.mel_windows, np.float64)
+    t = len(mel)
+    pooled = np.stack([part.mean(axis=1) for part in np.array_split(mel, chunks, axis=1)], axis=1)
+    pooled = np.stack([part.mean(axis=2) for part in np.array_split(pooled, bands, axis=2)], axis=2)
+    x = np.concatenate([pooled.reshape(t, -1), np.log(speech.rms.astype(np.float64) + 1e-5)[:, None]], axis=1)
+    ref = x[speech.vad] if speech.vad.sum() >= 2 else x
+    return (x - ref.mean(axis=0)) / np.maximum(ref.std(axis=0), 1e-3)
+
+
+def _ridge_solution(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of ridge regression y ~ x (bias unpenalised)."""
+    xm, ym = x.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
+    coef = vt.T @ ((s / (s * s + lam))[:, None] * (u.T @ (y - ym)))
+    return coef, ym - xm @ coef
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, lambdas=(1.0, 10.0, 100.0, 1000.0, 1e4),
+              folds: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression with the penalty chosen by contiguous-block cross-validation (neighbouring
+    video frames are nearly identical, so shuffled folds would reward overfitting). Returns
+    (coef, bias, held-out Pearson r of the first output column at the chosen penalty)."""
+    blocks = np.array_split(np.arange(len(x)), folds)
+    best = (math.inf, lambdas[0], math.nan)
+    for lam in lambdas:
+        pred = np.empty_like(y)
+        for held in blocks:
+            train = np.setdiff1d(np.arange(len(x)), held)
+            coef, bias = _ridge_solution(x[train], y[train], lam)
+            pred[held] = x[held] @ coef + bias
+        err = float(((pred - y) ** 2).mean())
+        if err < best[0]:
+            r = np.corrcoef(pred[:, 0], y[:, 0])[0, 1] if np.std(pred[:, 0]) > 0 else 0.0
+            best = (err, lam, float(r))
+    coef, bias = _ridge_solution(x, y, best[1])
+    return coef, bias, best[2]
+
+
+def loudness_openness(speech: Speech) -> np.ndarray:
+    """(T,) in [0, 1]: how far open the mouth should be, from the frame's loudness relative to the
+    recording's own speech (5th..95th percentile of its speech frames in dB); 0 in silence."""
+    db = 20.0 * np.log10(np.maximum(speech.rms.astype(np.float64), 1e-6))
+    if not speech.vad.any():
+        return np.zeros(len(speech))
+    lo, hi = np.percentile(db[speech.vad], [5, 95])
+    q = np.clip((db - lo) / max(hi - lo, 1.0), 0.0, 1.0)
+    return np.where(speech.vad, q, 0.0)
+
+
+class MouthModel:
+    """Audio -> mouth shape for one video, in the video's standardised mouth-shape units."""
+
+    def __init__(self, bank: np.ndarray, valid: np.ndarray, own: Speech | None, fps: float,
+                 config: WeightFreeConfig):
+        self.config = config
+        shapes = bank[valid]
+        openness = shapes[:, 0]
+        closed = openness <= np.percentile(openness, 20)
+        wide = openness >= np.percentile(openness, 90)
+        self.closed = shapes[closed].mean(axis=0)
+        self.open = shapes[wide].mean(axis=0)
+        self.fit, self.fit_r, self._ridge = "loudness", math.nan, None
+        speech_frames = int(own.vad[valid].sum()) if own is not None else 0
+        if own is not None and speech_frames >= config.min_fit_speech_s * fps:
+            keep = valid & own.vad
+            coef, bias, r = fit_ridge(speech_design(own)[keep], bank[keep])
+            self.fit_r = r
+            # Keep the regression only where it predicts this speaker's own held-out mouth opening
+            # better than loudness does (drive_d6: 0.72 vs 0.31; drive_d10: 0.18 vs -0.39).
+            loud = loudness_openness(own)[keep]
+            loud_r = np.corrcoef(loud, bank[keep, 0])[0, 1] if np.std(loud) > 0 else 0.0
+            if r >= max(config.min_fit_r, loud_r):
+                self.fit, self._ridge = "ridge", (coef, bias)
+
+    @property
+    def weights(self) -> np.ndarray:
+        # The loudness fallback only knows how open the mouth is, not its width or rounding.
+        return FEATURE_WEIGHTS if self._ridge else np.where(OPENING, FEATURE_WEIGHTS, 0.1 * FEATURE_WEIGHTS)
+
+    def predict(self, speech: Speech) -> np.ndarray:
+        """(T, F) target mouth shapes for new speech; silence gets the closed mouth."""
+        if self._ridge:
+            coef, bias = self._ridge
+            shapes = speech_design(speech) @ coef + bias
+        else:
+            q = loudness_openness(speech)[:, None]
+            shapes = self.closed + q * (self.open - self.closed)
+        shapes[~speech.vad] = self.closed
+        return moving_average(shapes, self.config.smooth_frames)
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+def select_frames(unary: np.ndarray, bank: np.ndarray, weights: np.ndarray, config: WeightFreeConfig) -> np.ndarray:
+    """Viterbi over source frames: (N,) choice minimising sum of `unary` (N, B) costs plus
+    transitions: 0 to the next source frame, `hold_cost` to the same one, otherwise `jump_cost`
+    plus the weighted mouth-shape distance between the two (a cut between look-alikes is cheap).
+
+    Each output frame considers its `candidates` best-fitting frames plus the successors of the
+    previous frame's `candidates` cheapest paths, so a good run can always continue.
+    """
+    n, b = unary.shape
+    k = min(config.candidates, b)
+    shapes = np.nan_to_num(bank)
+    top = np.argpartition(unary, k - 1, axis=1)[:, :k]
+    cands, cost, back = [top[0]], unary[0, top[0]], []
+    for t in range(1, n):
+        prev = cands[-1]
+        leaders = prev[np.argsort(cost)[:k]]
+        cur = np.unique(np.concatenate([top[t], np.minimum(leaders + 1, b - 1)]))
+        diff = shapes[cur][None, :, :] - shapes[prev][:, None, :]
+        trans = config.jump_cost + (diff * diff * weights).sum(axis=-1)
+        trans[cur[None, :] == prev[:, None] + 1] = 0.0
+        trans[cur[None, :] == prev[:, None]] = config.hold_cost
+        total = cost[:, None] + trans
+        arg = np.argmin(total, axis=0)
+        cost = total[arg, np.arange(len(cur))] + unary[t, cur]
+        cands.append(cur)
+        back.append(arg)
+    path = np.empty(n, np.int64)
+    j = int(np.argmin(cost))
+    path[-1] = cands[-1][j]
+    for t in range(n - 1, 0, -1):
+        j = int(back[t - 1][j])
+        path[t - 1] = cands[t - 1][j]
+    return path
+
+
+# -- transfer -------------------------------------------------------------------------------------
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2x3 affine applying `inner`, then `outer`."""
+    out = np.asarray(outer, np.float64)[:, :2] @ np.asarray(inner, np.float64)
+    out[:, 2] += np.asarray(outer, np.float64)[:, 2]
+    return out
+
+
+def lower_face_points(points: np.ndarray, side_inset: float) -> np.ndarray:
+    """(K, 2) lower-face outline of one frame, jaw sides pulled in toward the mouth."""
+    xy = np.asarray(points, np.float64)[:, :2]
+    outline = xy[LOWER_FACE].copy()
+    centre = xy[MOUTH_CENTRE].mean(axis=0)
+    outline[JAW_SIDES] += side_inset * (centre - outline[JAW_SIDES])
+    return outline
+
+
+def lower_face_polygon(dst_points: np.ndarray, src_in_dst: np.ndarray, config: WeightFreeConfig) -> np.ndarray:
+    """(K, 2) convex hull of both frames' lower faces (in the destination crop), grown by the
+    margin: the old mouth and chin are covered as well as the new ones."""
+    pts = np.concatenate([lower_face_points(dst_points, config.side_inset),
+                          lower_face_points(src_in_dst, config.side_inset)]).astype(np.float32)
+    hull = cv2.convexHull(pts)[:, 0].astype(np.float64)
+    centre = hull.mean(axis=0)
+    return centre + (hull - centre) * (1.0 + config.mask_margin)
+
+
+def _roi(polygon: np.ndarray, pad: float, size: int) -> tuple[int, int, int, int]:
+    x0, y0 = np.floor(polygon.min(axis=0) - pad).astype(int)
+    x1, y1 = np.ceil(polygon.max(axis=0) + pad).astype(int)
+    return max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+
+
+def _shift(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    out = np.array(affine, np.float64)
+    out[:, 2] -= (x0, y0)
+    return out
+
+
+def transfer_mouth(src_frame: np.ndarray, src_affine: np.ndarray, src_points: np.ndarray,
+                   dst_frame: np.ndarray, dst_affine: np.ndarray, dst_points: np.ndarray, size: int,
+                   config: WeightFreeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The source frame's lower face in the destination's aligned crop, and its blend mask.
+
+    src/dst_affine: frame -> aligned crop (2, 3); src/dst_points: (478, >=2) landmarks in their
+    own crops. Returns (crop (size, size, 3) uint8, alpha (size, size) float32); the crop is only
+    meaningful where alpha > 0. Both are computed on the mask's bounding box only.
+    """
+    similarity = umeyama_similarity(src_points[ANCHORS, :2], dst_points[ANCHORS, :2])
+    src_in_dst = src_points[:, :2] @ similarity[:, :2].T + similarity[:, 2]
+    polygon = lower_face_polygon(dst_points, src_in_dst, config)
+    sigma = max(config.feather * size, 0.5)
+    x0, y0, x1, y1 = _roi(polygon, 3 * sigma, size)
+    crop = np.zeros((size, size, 3), np.uint8)
+    alpha = np.zeros((size, size), np.float32)
+    if x1 <= x0 or y1 <= y0:
+        return crop, alpha
+    roi = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(src_frame, _shift(_compose(similarity, src_affine), x0, y0), roi,
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    mask = np.zeros((roi[1], roi[0]), np.float32)
+    cv2.fillPoly(mask, [np.round((polygon - (x0, y0)) * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    if config.match_color:
+        current = cv2.warpAffine(dst_frame, _shift(dst_affine, x0, y0), roi, flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT_101)
+        warped = _gain_matched(warped, current, (mask > 0.05) & (mask < 0.6))
+    crop[y0:y1, x0:x1] = warped
+    alpha[y0:y1, x0:x1] = mask
+    return crop, alpha
+
+
+def _gain_matched(pasted: np.ndarray, current: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """`pasted` with per-channel gains that make its mean on `ring` (the skin at the mask's edge)
+    match `current`'s: lighting drifts over a video, and the chosen frame may be seconds away."""
+    if ring.sum() < 16:
+        return pasted
+    gain = (current[ring].mean(axis=0) + 1.0) / (pasted[ring].mean(axis=0) + 1.0)
+    gain = np.clip(gain, 0.8, 1.25)
+    return np.clip(pasted.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+class WeightFreeLipSync:
+    """The weight-free dubbing model. Holds only settings: `plan` fits to each video anew."""
+
+    name = "weightfree"
+
+    def __init__(self, config: WeightFreeConfig | None = None):
+        self.config = config or WeightFreeConfig()
+
+    def plan(self, points: np.ndarray, valid: np.ndarray, size: int, own: Speech | None, new: Speech,
+             target_frames: np.ndarray, fps: float) -> DubPlan:
+        """Which source frame's mouth each output frame shows.
+
+        points: (B, 478, >=2) crop-pixel landmarks of the source frames (NaN rows where none),
+        valid: (B,) frames usable as mouth sources, own: the source's own speech per source frame
+        (None without an audio track), new: the new speech per output frame, target_frames: (N,)
+        source frame each output frame is built on.
+        """
+        valid = np.asarray(valid, bool)
+        if not valid.any():
+            raise ValueError("no source frame has face landmarks to take a mouth from")
+        raw = mouth_features(points, size)
+        mean, std = _standardiser(raw[valid], 1e-3)
+        bank = (raw - mean) / std
+        model = MouthModel(bank, valid, own, fps, self.config)
+        targets = model.predict(new)
+        weights = model.weights
+        unary = weighted_sq_distances(targets, np.nan_to_num(bank), weights)
+        unary += self.config.pose_weight * self._pose_cost(points, size, valid, target_frames)
+        unary[:, ~valid] = np.inf
+        choice = select_frames(unary, bank, weights, self.config)
+        return DubPlan(choice, targets, model.fit, model.fit_r)
+
+    @staticmethod
+    def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray) -> np.ndarray:
+        """(N, B) squared head-pose distance (in pose std units) between each output frame's own
+        source frame and every candidate; 0 where the output frame has no landmarks."""
+        pose = pose_features(points, size)
+        _, std = _standardiser(pose[valid], 1e-3)
+        pose = np.nan_to_num((pose - np.nanmean(pose[valid], axis=0)) / std)
+        cost = weighted_sq_distances(pose[target_frames], pose, np.full(pose.shape[1], 1.0 / pose.shape[1]))
+        cost[~valid[target_frames]] = 0.0
+        return cost
+
+    def render(self, plan: DubPlan, t: int, frames, affines: np.ndarray, points: np.ndarray,
+               target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(crop, alpha) of output frame `t`, built on source frame `target_frame` (see
+        `transfer_mouth`); `frames`, `affines` (frame -> crop) and `points` index source frames."""
+        s = int(plan.choice[t])
+        return transfer_mouth(frames[s], affines[s], points[s], frames[target_frame], affines[target_frame],
+                              points[target_frame], size, self.config)
+
+
+__all__ = [
+    "FEATURE_NAMES",
+    "DubPlan",
+    "MouthModel",
+    "Speech",
+    "WeightFreeConfig",
+    "WeightFreeLipSync",
+    "fit_ridge",
+    "loudness_openness",
+    "mouth_features",
+    "pose_features",
+    "select_frames",
+    "speech_design",
+    "transfer_mouth",
+]
