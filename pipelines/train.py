@@ -25,9 +25,10 @@ the manifest has one, else ``val_clips`` rows chosen by a seeded hash of their i
 Run layout, CKPT_ROOT/<run_name>/ (local or any fsspec URI, e.g. s3:// with an endpoint):
 
     checkpoint_00000200/            one per checkpoint_every steps (newest num_to_keep kept)
-        deepspeed/                  engine.save_checkpoint: mp_rank_00_model_states.pt and one
+        deepspeed/                  engine.save_checkpoint: mp_rank_00_model_states.pt (parameter
+                                    names prefixed "model.": the engine wraps model + loss) and one
                                     zero_pp_rank_<r>_mp_rank_00_optim_states.pt per rank
-                                    (strategy "ddp": model.pt + optimizer.pt instead)
+                                    (strategy "ddp": model.pt + optimizer.pt from rank 0 instead)
         trainer_state.json          step, epoch, loss history, evals, runs so far
     checkpoint_manager_snapshot.json   Ray Train's record of the registered checkpoints
     export/                         system.export at the end (config.json + *.safetensors)
@@ -121,6 +122,8 @@ class TrainConfig:
     data_cpus: float = field(default=0.25, metadata={"help": "CPUs per Ray Data sample-building task"})
     shuffle_buffer: int = field(default=64, metadata={"help": "local shuffle buffer (samples) per worker; 0: off"})
     log_every: int = field(default=10, metadata={"help": "print a progress line every N steps"})
+    max_failures: int = field(default=0, metadata={"help": "worker-group restarts from the latest checkpoint "
+                                                   "before the run fails (rerunning the command also resumes)"})
     run_name: str | None = field(default=None, metadata={"help": "default: <system>[-<stage>]-<data folder>-<hash>"})
 
 
@@ -201,8 +204,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def deepspeed_config(cfg: TrainConfig, use_gpu: bool, storage_options: dict | None = None) -> dict[str, Any]:
     """ZeRO `zero_stage` (+ optimizer offload), bf16 on GPU / fp32 on CPU; --deepspeed JSON on top."""
+    # buckets (elements): DeepSpeed's 5e8 default allocates a 2 GB fp32 reduce buffer per rank; on CPU
+    # one about DDP's 25 MB bucket keeps memory flat at no measurable cost
+    bucket = int(5e7) if use_gpu else int(5e6)
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "contiguous_gradients": True, "overlap_comm": use_gpu,
-                            "reduce_bucket_size": int(5e7), "allgather_bucket_size": int(5e7)}
+                            "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": 1,
@@ -276,10 +282,11 @@ def _samples_of_row(row: dict[str, Any], system, storage_options: dict | None) -
 
 
 def build_dataset(rows: list[dict[str, Any]], system, storage_options: dict | None, cfg: TrainConfig):
-    """Lazy Ray Dataset of samples: one read task per manifest row, fan-out to samples."""
+    """Lazy Ray Dataset of samples: one read task per manifest row (up to 2000 blocks), fanned out
+    to the system's samples. Re-executed on every pass, so make_samples may draw new samples."""
     import ray
 
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 2000)))
     return ds.flat_map(_samples_of_row, fn_kwargs={"system": system, "storage_options": storage_options},
                        num_cpus=cfg.data_cpus)
 
@@ -374,6 +381,21 @@ def _mean_throughput(history: list[dict[str, Any]], first_step: int) -> float | 
 
 # -- the worker -------------------------------------------------------------------------------------
 
+def _SystemLoss(system, model):  # noqa: N802 -- builds the module class lazily (torch imported in workers only)
+    """nn.Module whose forward(batch) is system.loss(model, batch); `.model` is the system's model."""
+    import torch
+
+    class SystemLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch):
+            return system.loss(self.model, batch)
+
+    return SystemLoss()
+
+
 def _say(message: str) -> None:
     """One line to the worker's stdout (Ray forwards it to the driver once; print() is patched
     by Ray Train to go to both the log and stdout)."""
@@ -390,6 +412,12 @@ def _peak_memory(device) -> dict[str, float]:
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def _current_rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def _optimizer_state_mb(optimizer) -> float:
@@ -419,6 +447,9 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
         torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
+    if cfg.strategy == "deepspeed":
+        import deepspeed
+    base_rss_mb = _current_rss_mb()  # after the imports: what the run itself adds is peak - base
 
     model = system.build_model(lc["model_config"])
     checkpoint = ray.train.get_checkpoint()
@@ -426,15 +457,16 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
         load_weights(model, cfg.init_from, opts)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
+    # the whole loss is one forward of the wrapped module, so DeepSpeed's and DDP's hooks see every
+    # use of the parameters (e.g. the extra keypoint passes of an equivariance loss)
+    step_module = _SystemLoss(system, model)
     engine = None
     if cfg.strategy == "deepspeed":
-        import deepspeed
-
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=lc["ds_config"])
-        module = engine.module
+        engine, optimizer, _, _ = deepspeed.initialize(model=step_module, optimizer=optimizer, config=lc["ds_config"])
+        forward = engine
     else:
-        model = ray.train.torch.prepare_model(model)
-        module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        forward = ray.train.torch.prepare_model(step_module)
+    module = step_module.model  # the system's model, on the device (eval, export, ddp checkpoints)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "history": [], "evals": [], "runs": []}
     if checkpoint is not None:
@@ -485,6 +517,8 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
             "loss": state["history"][-1]["loss"] if state["history"] else None,
             "eval": state["evals"][-1] if state["evals"] else None,
             "workers": memory, "train_clips": lc["num_train_rows"], "val_clips": len(lc["val_rows"]),
+            # the data-parallel replicas ended with the same weights (gradients were synchronised)
+            "replicas_in_sync": (len({w["param_checksum"] for w in memory}) == 1) if memory else None,
             "checkpoints": state.get("checkpoints", []),
             "export_uri": join_uri(run_uri, EXPORT_DIR) if status == "finished" else None,
             "runs": state["runs"], "history": state["history"], "evals": state["evals"],
@@ -529,7 +563,9 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
     if rank == 0 and lc["progress"] and step < cfg.max_steps:
         from ray.experimental.tqdm_ray import tqdm
 
-        bar = tqdm(total=cfg.max_steps, desc=f"train {cfg.system}", initial=step)
+        bar = tqdm(total=cfg.max_steps, desc=f"train {cfg.system}", unit="step")
+        if step:
+            bar.update(step)
     shard = ray.train.get_dataset_shard("train")
     last_metrics: dict[str, Any] = {}
     while step < cfg.max_steps:
@@ -540,7 +576,7 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
                                               local_shuffle_seed=cfg.seed + 1000 * state["epoch"] + rank):
             batches += 1
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, logs = system.loss(module, batch)
+            loss, logs = forward(batch)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -585,7 +621,10 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
     if bar is not None:
         bar.close()
 
-    memory = {"rank": rank, **_peak_memory(device), "optimizer_state_mb": _optimizer_state_mb(optimizer)}
+    memory = {"rank": rank, **_peak_memory(device), "base_rss_mb": base_rss_mb,
+              "optimizer_state_mb": _optimizer_state_mb(optimizer),
+              "param_checksum": float(sum(p.detach().double().sum() for p in module.parameters()))}
+    memory["train_rss_mb"] = round(memory["peak_rss_mb"] - base_rss_mb, 1)
     memories = [memory]
     if dist.is_available() and dist.is_initialized() and world > 1:
         memories = [None] * world
@@ -657,11 +696,19 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
-                             failure_config=FailureConfig(max_failures=0)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": build_dataset(train_rows, system, opts, cfg)},
     )
     trainer.fit()
-    return json.loads(read_bytes(join_uri(run_uri, SUMMARY_FILE), opts))
+    return read_summary(run_uri, opts)
+
+
+def read_summary(run_uri: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """CKPT_ROOT/<run>/summary.json, read fresh (the workers rewrote it; no cached listing/ETag)."""
+    fs, path = open_fs(join_uri(run_uri, SUMMARY_FILE), storage_options)
+    fs.invalidate_cache()
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
 
 
 def summary_line(summary: dict[str, Any]) -> str:
