@@ -74,10 +74,28 @@ def _apply_all(op: Operator, rows: Iterable[dict[str, Any]]) -> list[dict[str, A
     return out
 
 
+def limit_threads(n: int) -> None:
+    """Cap the native thread pools of a worker at its CPU share.
+
+    OpenCV and torch size their pools to the whole machine; several workers on one node would
+    each start that many threads and spend their time contending instead of working.
+    """
+    import cv2
+
+    cv2.setNumThreads(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep workers importable
+        pass
+
+
 class _OperatorActor:
     """Actor-pool host for a stateful operator: setup() once, then batches."""
 
-    def __init__(self, op: Operator):
+    def __init__(self, op: Operator, threads: int = 1):
+        limit_threads(threads)
         self.op = op
         try:
             self.op.ensure_setup()
@@ -97,6 +115,16 @@ def _task_flat(row: dict[str, Any], op: Operator) -> list[dict[str, Any]]:
     return op.apply(row)
 
 
+def pool_bounds(op: Operator, total_cpus: float) -> tuple[int, int]:
+    """(min, max) actors for a stateful operator. pool_size 0 means one actor per cluster CPU
+    share; locally they all start at once, on a cluster the pool grows from one with the load."""
+    res = op.resources
+    if res.pool_size > 0:
+        return min(res.min_pool_size, res.pool_size), res.pool_size
+    n = max(1, int(total_cpus // max(res.num_cpus, 0.01)))
+    return (1, n) if os.environ.get("RAY_ADDRESS") else (n, n)
+
+
 def fit_resources(operators: Sequence[Operator], total_cpus: float,
                   actor_share: float = 0.5) -> dict[str, float]:
     """CPUs per worker for each operator, scaled to fit the cluster.
@@ -104,10 +132,11 @@ def fit_resources(operators: Sequence[Operator], total_cpus: float,
     Declared resources describe a worker on a real node (a MediaPipe actor wants a core). On a
     small machine the actor pools' standing reservations would leave no CPU for the read and map
     tasks and the pipeline would wait forever, so actor pools are scaled to `actor_share` of the
-    cluster and tasks to half of what is left.
+    cluster and tasks to half of what is left. These are Ray's logical CPUs (scheduling), not a
+    cap on what a worker may use.
     """
     actors = [op for op in operators if op.stateful]
-    demand = sum(op.resources.num_cpus * min(op.resources.min_pool_size, op.resources.pool_size) for op in actors)
+    demand = sum(op.resources.num_cpus * pool_bounds(op, total_cpus)[0] for op in actors)
     scale = min(1.0, actor_share * total_cpus / demand) if demand else 1.0
     free = total_cpus - demand * scale
     fitted = {}
@@ -124,17 +153,19 @@ def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus
 
     use_gpu = ctx.use_gpu
     ops = [op.with_context(ctx) for op in operators]
-    cpus = fit_resources(ops, total_cpus or ray.cluster_resources().get("CPU", 1.0))
+    total_cpus = total_cpus or ray.cluster_resources().get("CPU", 1.0)
+    cpus = fit_resources(ops, total_cpus)
     for op in ops:
         res = op.resources
         gpus = res.num_gpus if use_gpu else 0
         if op.stateful:
+            min_size, max_size = pool_bounds(op, total_cpus)
             ds = ds.map_batches(
                 _OperatorActor,
-                fn_constructor_args=(op,),
+                fn_constructor_args=(op, max(1, int(cpus[op.name]))),
                 batch_size=res.batch_size,
                 batch_format="pyarrow",
-                compute=ActorPoolStrategy(min_size=min(res.min_pool_size, res.pool_size), max_size=res.pool_size),
+                compute=ActorPoolStrategy(min_size=min_size, max_size=max_size),
                 num_cpus=cpus[op.name],
                 num_gpus=gpus,
             )

@@ -15,7 +15,7 @@ from typing import Any
 
 from facefab.operators.align import AlignCrop
 from facefab.operators.audio_features import AudioFeatures, SpeechEncoder
-from facefab.operators.base import Operator, RunContext
+from facefab.operators.base import Operator, OperatorChain, Resources, RunContext
 from facefab.operators.faces import FaceTrack
 from facefab.operators.flow import OpticalFlow
 from facefab.operators.frame_table import WriteFrameFeatures
@@ -49,6 +49,9 @@ OPTIONAL_STAGES = {"speech_encoder"}  # runs only when configured (a model path)
 @dataclass
 class PreprocessConfig:
     operators: list[str] | None = field(default=None, metadata={"help": "run only these stages (comma-separated)"})
+    fuse: bool = field(default=True, metadata={"help": "run the per-track stages as one chain per worker "
+                                                        "(data parallel) instead of one actor pool per stage"})
+    workers: int = field(default=0, metadata={"help": "chain workers (0: one per CPU of the cluster)"})
     probe: ProbeVideo.Config = field(default_factory=ProbeVideo.Config)
     shots: ShotClips.Config = field(default_factory=ShotClips.Config)
     faces: FaceTrack.Config = field(default_factory=FaceTrack.Config)
@@ -93,10 +96,23 @@ def check_columns(ops: list[Operator], available: set[str]) -> None:
         have.update(op.outputs)
 
 
+def plan_stages(ops: list[Operator], config: PreprocessConfig) -> list[Operator]:
+    """With `fuse`, keep the per-video tasks (probe, shots) as they are and host everything from
+    the first stateful operator on in one OperatorChain per worker."""
+    if not config.fuse:
+        return ops
+    first = next((i for i, op in enumerate(ops) if op.stateful), None)
+    if first is None or first == len(ops) - 1:
+        return ops
+    chain = OperatorChain(ops[first:])
+    chain.resources = Resources(num_cpus=1.0, pool_size=config.workers, min_pool_size=config.workers)
+    return [*ops[:first], chain]
+
+
 def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: RunContext, *,
                    resume: bool = True, max_attempts: int = 3, limit: int | None = None,
                    progress: bool = True) -> RunSummary:
-    ops = build_operators(config)
+    ops = plan_stages(build_operators(config), config)
     run = PipelineRun("preprocess", "clips", ctx, resume=resume, max_attempts=max_attempts, limit=limit,
                       progress=progress, config=asdict(config))
     return run_pipeline(run, ops, inputs)

@@ -93,3 +93,37 @@ def test_errors_stay_on_their_row_and_downstream_skips_failed_rows():
 def test_unknown_config_field_is_rejected():
     with pytest.raises(ValueError, match="unknown config field"):
         ShotClips({"max_clips": 3})
+
+
+class Fans(Operator):
+    name = "fans"
+    fan_out = True
+    stateful = True
+    inputs = ("x",)
+
+    def process_row(self, row):
+        return [{"id": f"{row['id']}-{i}", "x": row["x"] - i} for i in range(2)]
+
+
+def test_chain_keeps_each_members_error_isolation_and_stamps():
+    from facefab.operators.base import OperatorChain
+
+    chain = OperatorChain([Fans(), Explodes()])
+    assert chain.stateful and chain.fan_out and chain.inputs == ("x",)
+    rows = run_local([chain], [{"id": "a", "x": 0}])
+    assert [r["status"] for r in rows] == ["ok", "failed"]  # x=0 fine, x=-1 explodes
+    assert json.loads(rows[0]["op_versions"]) == {"fans": "1", "explodes": "1"}
+    assert json.loads(rows[1]["error"])["operator"] == "explodes"
+
+
+def test_resources_are_fitted_so_actor_pools_cannot_starve_tasks():
+    from facefab.operators.base import OperatorChain, Resources
+    from facefab.pipelines.engine import fit_resources, pool_bounds
+
+    chain = OperatorChain([Fans(), Explodes()], resources=Resources(num_cpus=1.0, pool_size=0, min_pool_size=0))
+    probe = ProbeVideo()
+    assert pool_bounds(chain, 2.0) == (2, 2)
+    cpus = fit_resources([probe, chain], 2.0)
+    assert cpus[chain.name] * 2 <= 1.0 + 1e-9  # actors hold at most half the cluster
+    assert cpus["probe"] <= (2.0 - cpus[chain.name] * 2) / 2 + 1e-9
+    assert pool_bounds(chain, 64.0) == (64, 64)
