@@ -44,7 +44,7 @@ def test_wheel_installs_only_under_facefab(tmp_path):
 
 def test_cli_help_and_version():
     out = subprocess.run([sys.executable, "-m", "facefab.jobs.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("preprocess", "report", "status"):
+    for command in ("preprocess", "dub", "train", "models", "run", "verify", "report", "status"):
         assert command in out.stdout
     ver = subprocess.run([sys.executable, "-m", "facefab.jobs.cli", "--version"], capture_output=True, text=True, check=True)
     assert ver.stdout.startswith("facefab ")
