@@ -24,7 +24,7 @@ import psutil
 
 from facefab.operators.base import RunContext, stable_id
 from facefab.operators.io import iter_frames, probe
-from facefab.pipelines.engine import PipelineRun, init_ray, run_local, run_pipeline
+from facefab.pipelines.engine import PipelineRun, init_ray, limit_threads, run_local, run_pipeline
 from facefab.pipelines.preprocess import PreprocessConfig, build_operators, plan_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,10 +91,13 @@ def time_decode(videos: list[Path], repeat: int) -> float:
     return time.perf_counter() - start
 
 
-def time_sequential(videos: list[Path], repeat: int, workdir: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of the plain loop; CPU counts the libraries' own threads."""
+def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the plain loop; CPU counts the libraries' own threads.
+    threads=1 caps OpenCV/torch pools the way the DAG's workers are capped."""
+    if threads:
+        limit_threads(threads)
     ops = build_operators(PreprocessConfig())
-    ctx = RunContext(os.path.join(workdir, "sequential"))
+    ctx = RunContext(os.path.join(workdir, f"sequential{threads or ''}"))
     start, cpu_start = time.perf_counter(), sum(os.times()[:2])
     rows = run_local(ops, rows_for(videos, repeat), ctx)
     elapsed, cpu = time.perf_counter() - start, sum(os.times()[:2]) - cpu_start
@@ -133,11 +136,14 @@ def main() -> None:
         cores = seq_cpu / seq
         print(f"sequential loop:   {n / seq:7.1f} frames/s   (its library threads kept {cores:.2f} cores busy, "
               f"so {os.cpu_count()} cores allow the DAG at most ~{os.cpu_count() / cores:.2f}x)")
+        seq1, _ = time_sequential(videos, args.repeat, work, threads=1)
+        limit_threads(os.cpu_count() or 1)
+        print(f"sequential, 1 thread: {n / seq1:4.1f} frames/s   (OpenCV/torch capped at one thread, like each DAG worker)")
         # warm the Ray workers' imports once so both DAG timings measure steady state
         time_dag(videos[:1], 1, os.path.join(work, "warm"))
         dag, _ = time_dag(videos, args.repeat, os.path.join(work, "dag"))
-        print(f"Ray DAG:           {n / dag:7.1f} frames/s   DAG/sequential = {seq / dag:.2f}x "
-              "(per-track stages fused, one chain per worker: the default)")
+        print(f"Ray DAG:           {n / dag:7.1f} frames/s   DAG/sequential = {seq / dag:.2f}x, "
+              f"DAG/sequential 1 thread = {seq1 / dag:.2f}x (per-track stages fused, one chain per worker: the default)")
         staged, _ = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
         print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
               "(one actor pool per stage, for comparison)")

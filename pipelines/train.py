@@ -15,7 +15,7 @@ overrides; a stage is config), ``configure(model_config=, stage=, options=)`` (c
 anything else; the configured instance is what Ray Data tasks and workers receive),
 ``evaluate(model, samples) -> dict`` (run on rank 0 at every checkpoint over the held-out clips)
 and ``make_eval_samples(row, storage_options)`` (deterministic held-out samples; default
-``make_samples``).
+``make_samples``), and ``export_group`` (a folder name, see "Shared export" below).
 
 Data: ROOT/manifest rows with status "ok" -> held-out clips split off (``split`` column "val" if
 the manifest has one, else ``val_clips`` rows chosen by a seeded hash of their id) ->
@@ -33,6 +33,19 @@ Run layout, CKPT_ROOT/<run_name>/ (local or any fsspec URI, e.g. s3:// with an e
     checkpoint_manager_snapshot.json   Ray Train's record of the registered checkpoints
     export/                         system.export at the end (config.json + *.safetensors)
     summary.json, loss_curve.png    rewritten at every checkpoint and at the end
+
+Shared export: a system with ``export_group = "<group>"`` is ALSO exported, at the end, into
+CKPT_ROOT/<group>/, merged with what is there: its files are written over the same names, top-level
+JSON objects (e.g. a pipeline's model_index.json) are merged key by key, and nothing else is
+deleted, so systems that each export one part of a pipeline fill one loadable folder. The MyTalk
+stages do this (group "mytalk"):
+
+    facefab train mytalk-motion --data ROOT --out CKPT --preset tiny     -> CKPT/mytalk/motion/
+    facefab train mytalk-render --data ROOT --out CKPT --preset tiny     -> CKPT/mytalk/renderer/
+    facefab dub --video V.mp4 --audio A.wav --model mytalk --checkpoint CKPT/mytalk --out OUT
+
+summary.json records it as ``group_export_uri``. (Two runs of one group that finish at the same
+instant may race on the merged JSON; run the stages one after the other.)
 
 Resume: rerunning with the same run name and CKPT_ROOT makes Ray Train hand every worker the
 latest registered checkpoint (``ray.train.get_checkpoint()``); the workers load the DeepSpeed
@@ -316,6 +329,30 @@ def _upload_dir(local_dir: str, uri: str, storage_options: dict | None) -> None:
             atomic_put_file(os.path.join(folder, name), join_uri(uri, *rel.split(os.sep)), storage_options)
 
 
+def _merge_upload_dir(local_dir: str, uri: str, storage_options: dict | None) -> None:
+    """Upload `local_dir` into the shared folder `uri` without removing anything there: files in
+    subfolders first (written over the same names), then the top-level files, where a JSON object
+    that already exists is merged key by key (e.g. model_index.json listing every part)."""
+    top = sorted(f for f in os.listdir(local_dir) if os.path.isfile(os.path.join(local_dir, f)))
+    for entry in sorted(os.listdir(local_dir)):
+        if os.path.isdir(os.path.join(local_dir, entry)):
+            _upload_dir(os.path.join(local_dir, entry), join_uri(uri, entry), storage_options)
+    for name in top:
+        path, target = os.path.join(local_dir, name), join_uri(uri, name)
+        if name.endswith(".json"):
+            with open(path) as f:
+                new = json.load(f)
+            try:
+                old = json.loads(read_bytes(target, storage_options))
+            except (FileNotFoundError, json.JSONDecodeError):
+                old = None
+            if isinstance(old, dict) and isinstance(new, dict):
+                atomic_write_bytes(target, json.dumps({**old, **new}, indent=2, sort_keys=True).encode(),
+                                   storage_options)
+                continue
+        atomic_put_file(path, target, storage_options)
+
+
 def _download_dir(uri: str, storage_options: dict | None) -> tuple[str, bool]:
     """Local folder with the contents of `uri` (and whether it is a temp copy)."""
     if is_local(uri):
@@ -521,6 +558,7 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
             "replicas_in_sync": (len({w["param_checksum"] for w in memory}) == 1) if memory else None,
             "checkpoints": state.get("checkpoints", []),
             "export_uri": join_uri(run_uri, EXPORT_DIR) if status == "finished" else None,
+            "group_export_uri": lc.get("group_uri") if status == "finished" else None,
             "runs": state["runs"], "history": state["history"], "evals": state["evals"],
             "model_config": lc["model_config"], "config": asdict(cfg),
         }
@@ -642,10 +680,13 @@ def _train_loop(lc: dict[str, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 -- 
         try:
             system.export(export_model, out)
             _upload_dir(out, join_uri(run_uri, EXPORT_DIR), opts)
+            if lc.get("group_uri"):
+                _merge_upload_dir(out, lc["group_uri"], opts)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         write_summary(step, "finished", memories)
-        _say(f"[facefab train] done at step {step}; export -> {join_uri(run_uri, EXPORT_DIR)}")
+        _say(f"[facefab train] done at step {step}; export -> {join_uri(run_uri, EXPORT_DIR)}"
+             + (f"; group export -> {lc['group_uri']}" if lc.get("group_uri") else ""))
 
 
 # -- the driver -------------------------------------------------------------------------------------
@@ -669,6 +710,10 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
         raise ValueError(f"{data_root}: no training clips left after holding out {len(val_rows)}")
     run_name = cfg.run_name or default_run_name(cfg.system, data_root, cfg.stage)
     run_uri = join_uri(ckpt_root, run_name)
+    group = getattr(system, "export_group", None)
+    if group and group == run_name:
+        raise ValueError(f"run name {run_name!r} is {cfg.system}'s export group folder; choose another --run-name")
+    group_uri = join_uri(ckpt_root, group) if group else None
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -691,6 +736,7 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
             "cfg": asdict(cfg), "system": system, "model_config": model_config, "ds_config": ds_config,
             "storage_options": opts, "run_uri": run_uri, "run_name": run_name, "data_root": data_root,
             "val_rows": val_rows, "num_train_rows": len(train_rows), "progress": progress,
+            "group_uri": group_uri,
         },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -719,4 +765,5 @@ def summary_line(summary: dict[str, Any]) -> str:
     sps = summary.get("samples_per_s")
     return (f"train {summary['system']} ({summary['run_name']}): step {summary['step']}/{summary['max_steps']} "
             f"{how}; loss {summary.get('loss')}{extra}; "
-            f"{'%.2f' % sps if sps else '?'} samples/s; export {summary.get('export_uri')}")
+            f"{'%.2f' % sps if sps else '?'} samples/s; export {summary.get('export_uri')}"
+            + (f" (+ {summary['group_export_uri']})" if summary.get("group_export_uri") else ""))

@@ -5,11 +5,16 @@ Ray Train runs --workers workers, each wrapping the model in DeepSpeed (ZeRO sta
 fed by Ray Data from ROOT's manifests. Checkpoints go to CKPT_ROOT/<run name>/ every
 --checkpoint-every steps (local or s3://); rerunning the same command resumes from the latest
 one. At the end the model is exported to CKPT_ROOT/<run name>/export/ (what the generator
-operator loads), next to summary.json and loss_curve.png.
+operator loads), next to summary.json and loss_curve.png. Systems that are parts of one pipeline
+also merge their export into a shared CKPT_ROOT/<group>/ (MyTalk: CKPT_ROOT/mytalk/ gets motion/
+from mytalk-motion and renderer/ from mytalk-render, + model_index.json), summary's group_export_uri.
 
 Examples:
   facefab train facevid2vid --data out/demo --out ckpt --preset tiny --max-steps 200
   facefab train facevid2vid --data s3://bucket/data --out s3://bucket/ckpt --workers 8 --gpus-per-worker 1
+  facefab train mytalk-motion --data out/demo --out ckpt --preset tiny --workers 2   # -> ckpt/mytalk/motion/
+  facefab train mytalk-render --data out/demo --out ckpt --preset tiny               # -> ckpt/mytalk/renderer/
+  facefab dub --video v.mp4 --audio a.wav --model mytalk --checkpoint ckpt/mytalk --out out/dub
 """
 
 from __future__ import annotations

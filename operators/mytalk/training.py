@@ -13,12 +13,21 @@ H = image_size):
 
 - mytalk-motion: mel (T,W,80) f32, ref_landmarks (R,136) f32 (iBUG-68 x,y of R random frames of the
   clip), offsets (T,K,2) f32 (lip/jaw points minus their mean over the R frames), weight (T,) f32
-  (0 for frames without landmarks). One sample per `window` frames of the clip.
+  (0 for frames without landmarks). One sample per `window` frames of the clip (`stride` frames
+  apart when that option is set: overlapping windows).
 - mytalk-render: masked (3,H,H), sketch (3,H,H), mask (1,H,H), refs (N,3,H,H), target (3,H,H), all
   uint8; `samples_per_clip` frames spread over the clip, references at least `min_ref_gap` frames away.
 
 Both stages export into one folder: out_dir/motion/ and out_dir/renderer/ (+ model_index.json),
-which `MyTalkPipeline.from_pretrained(out_dir)` loads.
+which `MyTalkPipeline.from_pretrained(out_dir)` loads. Under `facefab train` each run's own export
+is CKPT_ROOT/<run>/export/, and both systems declare `export_group = "mytalk"`, so the runtime also
+merges every export into CKPT_ROOT/mytalk/: train the two stages with the same --out and that folder
+is the checkpoint `facefab dub --model mytalk --checkpoint CKPT_ROOT/mytalk` loads.
+
+Presets (`--preset`): "paper" (the defaults) and "tiny" (`config.tiny()`, seconds on a CPU). The
+sample-building options are `--system-options` JSON: mytalk-motion {window, stride, seed, velocity_weight},
+mytalk-render {samples_per_clip, min_ref_gap, seed, gradient_weight}. The two stages are the two
+systems; neither has sub-stages (`--stage`).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facefab.operators.mytalk.config import motion_config, render_config
+from facefab.operators.mytalk.config import motion_config, paper, render_config, tiny
 from facefab.operators.mytalk.inference import (
     MOTION_FOLDER,
     RENDERER_FOLDER,
@@ -66,6 +75,24 @@ def _merge(defaults: dict, overrides: dict | None, cls) -> dict:
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
     return merged
+
+
+EXPORT_GROUP = "mytalk"  # CKPT_ROOT/mytalk/: both stages' exports, one MyTalkPipeline folder
+
+
+def _configure(system, model_config: dict | None, stage: str, options: dict | None, model_cls) -> None:
+    """The runtime's configure(): the model config the samples must match (e.g. a preset's
+    num_ref_frames / image_size) and the sample options given as --system-options."""
+    if stage:
+        raise ValueError(f"{system.name} has no stages (got {stage!r}); the MyTalk stages are the systems "
+                         f"mytalk-motion and mytalk-render")
+    if model_config is not None:
+        system.config = _merge(system.config, model_config, model_cls)
+    unknown = set(options or {}) - set(system.OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown {system.name} option(s) {sorted(unknown)}; known: {list(system.OPTIONS)}")
+    for key, value in (options or {}).items():
+        setattr(system, key, type(getattr(system, key))(value))
 
 
 def _fps(row: dict, storage_options: dict | None) -> float:
@@ -110,14 +137,21 @@ class MyTalkMotionSystem:
     """Stage 1: audio features + identity landmarks -> lip/jaw landmark offsets."""
 
     name = "mytalk-motion"
+    presets = {"paper": paper()["motion"], "tiny": tiny()["motion"]}
+    export_group = EXPORT_GROUP
+    OPTIONS = ("window", "stride", "seed", "velocity_weight")
 
     def __init__(self, config: dict | None = None, *, tiny: bool = False, window: int = 50, seed: int = 0,
-                 velocity_weight: float = 1.0):
+                 velocity_weight: float = 1.0, stride: int = 0):
         self.config = _merge(motion_config(tiny), config, MyTalkMotion)
         self.window, self.seed, self.velocity_weight = window, seed, velocity_weight
+        self.stride = stride  # frames between sample starts; 0: `window` (no overlap)
 
     def default_config(self) -> dict:
         return dict(self.config)
+
+    def configure(self, model_config: dict | None = None, stage: str = "", options: dict | None = None) -> None:
+        _configure(self, model_config, stage, options, MyTalkMotion)
 
     def build_model(self, model_config: dict) -> MyTalkMotion:
         return MyTalkMotion(**_merge(self.config, model_config, MyTalkMotion))
@@ -132,7 +166,7 @@ class MyTalkMotionSystem:
         rng, r = _rng(row, self.seed), self.config["num_ref_frames"]
         known = np.flatnonzero(valid[:n])
         samples = []
-        for start in range(0, n - t + 1, t):
+        for start in range(0, n - t + 1, self.stride or t):
             weight = valid[start:start + t].astype(np.float32)
             if weight.mean() < 0.5:
                 continue
@@ -159,6 +193,9 @@ class MyTalkRenderSystem:
     """Stage 2: masked frame + landmark sketch + reference lip crops -> lip region RGB + alpha."""
 
     name = "mytalk-render"
+    presets = {"paper": paper()["renderer"], "tiny": tiny()["renderer"]}
+    export_group = EXPORT_GROUP
+    OPTIONS = ("samples_per_clip", "min_ref_gap", "seed", "gradient_weight")
 
     def __init__(self, config: dict | None = None, *, tiny: bool = False, samples_per_clip: int = 16,
                  min_ref_gap: int = 10, seed: int = 0, gradient_weight: float = 1.0):
@@ -168,6 +205,9 @@ class MyTalkRenderSystem:
 
     def default_config(self) -> dict:
         return dict(self.config)
+
+    def configure(self, model_config: dict | None = None, stage: str = "", options: dict | None = None) -> None:
+        _configure(self, model_config, stage, options, MyTalkRenderer)
 
     def build_model(self, model_config: dict) -> MyTalkRenderer:
         return MyTalkRenderer(**_merge(self.config, model_config, MyTalkRenderer))
