@@ -25,7 +25,7 @@ import psutil
 from facefab.operators.base import RunContext, stable_id
 from facefab.operators.io import iter_frames, probe
 from facefab.pipelines.engine import PipelineRun, init_ray, limit_threads, run_local, run_pipeline
-from facefab.pipelines.preprocess import PreprocessConfig, build_operators, plan_stages
+from facefab.pipelines.preprocess import PreprocessConfig, build_operators, largest_first, plan_stages
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = [REPO / "samples" / "talking_d6_4s.mp4", REPO / "samples" / "halfbody_sun_3s.mp4"]
@@ -108,8 +108,9 @@ def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int 
 
 
 def time_dag(videos: list[Path], repeat: int, out: str, fuse: bool = True) -> tuple[float, int]:
-    run = PipelineRun("bench", "clips", RunContext(out), progress=False)
     config = PreprocessConfig(fuse=fuse)
+    run = PipelineRun("bench", "clips", RunContext(out), progress=False,
+                      order=largest_first(None) if config.largest_first else None)
     with PeakMemory() as mem:
         start = time.perf_counter()
         summary = run_pipeline(run, plan_stages(build_operators(config), config), rows_for(videos, repeat))

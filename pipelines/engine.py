@@ -16,12 +16,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
-
 from facefab.manifests.io import ManifestWriter, compact, new_run_id, read_manifest
 from facefab.manifests.resume import plan_resume
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
@@ -227,6 +226,8 @@ class PipelineRun:
     progress: bool = True
     rows_per_shard: int = 200
     config: dict[str, Any] = field(default_factory=dict)
+    # reorders the inputs to process (after resume planning), e.g. largest first to shorten the tail
+    order: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
 
 def _operator_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -272,7 +273,8 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
         if plan.todo:
             init_ray(progress=run.progress)
             ctx = RunContext(ctx.out_root, ctx.storage_options, ctx.run_id, ctx.use_gpu or cluster_has_gpus())
-            todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in plan.todo]
+            todo = run.order(plan.todo) if run.order else plan.todo
+            todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
             ds = ray.data.from_items(todo, override_num_blocks=len(todo))
             ds = build_dataset(ds, operators, ctx)
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -10,9 +10,11 @@ change without recomputing anything (`facefab preprocess --operators filter` re-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from facefab.manifests.storage import open_fs
 from facefab.operators.align import AlignCrop
 from facefab.operators.audio_features import AudioFeatures, SpeechEncoder
 from facefab.operators.base import Operator, OperatorChain, Resources, RunContext
@@ -52,6 +54,8 @@ class PreprocessConfig:
     fuse: bool = field(default=True, metadata={"help": "run the per-track stages as one chain per worker "
                                                         "(data parallel) instead of one actor pool per stage"})
     workers: int = field(default=0, metadata={"help": "chain workers (0: one per CPU of the cluster)"})
+    largest_first: bool = field(default=True, metadata={"help": "start the biggest input files first, so the "
+                                                                 "run does not end waiting on one long video"})
     probe: ProbeVideo.Config = field(default_factory=ProbeVideo.Config)
     shots: ShotClips.Config = field(default_factory=ShotClips.Config)
     faces: FaceTrack.Config = field(default_factory=FaceTrack.Config)
@@ -109,10 +113,27 @@ def plan_stages(ops: list[Operator], config: PreprocessConfig) -> list[Operator]
     return [*ops[:first], chain]
 
 
+def largest_first(storage_options: dict[str, Any] | None) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Order inputs by file size, biggest first (longest-processing-time-first scheduling)."""
+
+    def order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sizes = {}
+        for row in rows:
+            try:
+                fs, path = open_fs(row["video_uri"], storage_options)
+                sizes[row["id"]] = fs.size(path) or 0
+            except (OSError, ValueError):
+                sizes[row["id"]] = 0  # unreadable inputs fail in `probe` with a clear error
+        return sorted(rows, key=lambda r: -sizes[r["id"]])
+
+    return order
+
+
 def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: RunContext, *,
                    resume: bool = True, max_attempts: int = 3, limit: int | None = None,
                    progress: bool = True) -> RunSummary:
     ops = plan_stages(build_operators(config), config)
     run = PipelineRun("preprocess", "clips", ctx, resume=resume, max_attempts=max_attempts, limit=limit,
-                      progress=progress, config=asdict(config))
+                      progress=progress, config=asdict(config),
+                      order=largest_first(ctx.storage_options) if config.largest_first else None)
     return run_pipeline(run, ops, inputs)
