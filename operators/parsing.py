@@ -22,7 +22,7 @@ import numpy as np
 
 from facefab.operators.arrays import save_npz, unpack_arrays
 from facefab.operators.base import Operator, OperatorError, Resources
-from facefab.operators.io import read_frames
+from facefab.operators.clipframes import cached_frames
 
 LABEL_NAMES = ("background", "skin", "left_brow", "right_brow", "left_eye", "right_eye", "nose",
                "upper_lip", "lower_lip", "inner_mouth", "hair_other")
@@ -188,9 +188,9 @@ def fit_length(frames: np.ndarray, n: int, what: str) -> np.ndarray:
 
 def read_crop(row: dict[str, Any], size: int | None, n_frames: int,
               storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """(n_frames, size, size, 3) uint8 RGB frames of the row's aligned crop video."""
-    frames = read_frames(row["crop_uri"], size=(size, size) if size else None,
-                         storage_options=storage_options)
+    """(n_frames, size, size, 3) uint8 RGB frames of the row's aligned crop video (decoded once per
+    worker for all the operators that read it, see clipframes)."""
+    frames = cached_frames(row["crop_uri"], size=(size, size) if size else None, storage_options=storage_options)
     return fit_length(frames, n_frames, f"crop video {row['crop_uri']}")
 
 

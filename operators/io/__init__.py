@@ -9,6 +9,7 @@ from facefab.operators.io.media import (
     read_audio,
     read_frames,
     read_metadata,
+    resize_frames,
     write_audio,
     write_video,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "read_audio",
     "read_frames",
     "read_metadata",
+    "resize_frames",
     "write_audio",
     "write_video",
 ]

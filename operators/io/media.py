@@ -313,7 +313,7 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90) % 4, axes=axes))
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Resize (T, H, W, 3) frames to size=(width, height)."""
     if size is None or frames.shape[2:0:-1] == size:
         return frames
@@ -400,7 +400,7 @@ def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | 
             indices = list(_select(((t, i) for i, t in enumerate(times)), **selection))
             try:
                 for batch in _decord_batches(path, info, indices, len(times), chunk):
-                    batch = _resize(batch, size)
+                    batch = resize_frames(batch, size)
                     done += len(batch)
                     yield batch
                 return
@@ -411,7 +411,7 @@ def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | 
         frames = _select(_pyav_frames(uri, path, start), **selection)
         rgb = (_rotate(f.to_ndarray(format="rgb24"), info.rotation) for f in frames)
         for batch in _batched(_skip(rgb, done), chunk):
-            yield _resize(batch, size)
+            yield resize_frames(batch, size)
 
 
 def _check_window(start: float | None, end: float | None) -> None:
