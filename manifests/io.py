@@ -64,8 +64,6 @@ def _column(values: list[Any], field: pa.Field) -> pa.Array:
         values = [None if (v := _json_or_none(x)) is None else list(v.items()) for x in values]
     elif pa.types.is_struct(t):
         values = [_json_or_none(x) for x in values]
-    elif pa.types.is_timestamp(t):
-        values = [None if x is None else x for x in values]
     else:
         values = [_plain(x) for x in values]
     return pa.array(values, type=t)
@@ -195,15 +193,12 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 def read_manifest(root: str, storage_options: dict[str, Any] | None = None, *, latest: bool = True,
                   folder: str = MANIFEST_DIR) -> pa.Table:
     """The run's manifest. With `latest`, superseded rows from earlier attempts are dropped."""
-    table = read_table(join_uri(root, folder), storage_options) if _has_folder(root, folder, storage_options) else pa.table({})
+    # one listing: a missing folder lists as no shards
+    shards = list_visible(join_uri(root, folder), ".parquet", storage_options)
+    table = _concat([_read_one(s, storage_options) for s in shards])
     if not latest or table.num_rows == 0:
         return table
     return latest_rows(table)
-
-
-def _has_folder(root: str, folder: str, storage_options: dict[str, Any] | None) -> bool:
-    fs, path = open_fs(join_uri(root, folder), storage_options)
-    return fs.exists(path)
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
