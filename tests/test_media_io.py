@@ -20,6 +20,7 @@ from facefab.operators.io import (
     read_audio,
     read_frames,
     read_metadata,
+    set_codec_threads,
     write_audio,
     write_video,
 )
@@ -287,7 +288,28 @@ def test_write_rejects_bad_input(tmp_path):
         write_video(str(tmp_path / "x.mp4"), [], 25)
     with pytest.raises(ValueError, match="use one of"):
         write_video(str(tmp_path / "x.avi"), np.zeros((1, 8, 8, 3), np.uint8), 25)
+    with pytest.raises(ValueError, match="unknown x264 preset 'quick'"):
+        write_video(str(tmp_path / "x.mp4"), np.zeros((1, 8, 8, 3), np.uint8), 25, preset="quick")
     assert os.listdir(tmp_path) == []
+
+
+def test_single_threaded_codecs_give_the_same_frames(tmp_path, d6, d6_2s):
+    # what a worker capped at one CPU does (engine.limit_threads): decode and encode still exact
+    with pytest.raises(ValueError, match=">= 0"):
+        set_codec_threads(-1)
+    set_codec_threads(1)
+    try:
+        single = read_frames(d6, start=0, end=2)
+        pyav_single = read_frames(d6, start=0, end=2, backend="pyav")
+        write_video(str(tmp_path / "one.mp4"), single, 30, preset="veryfast")
+        one = read_frames(str(tmp_path / "one.mp4"))
+    finally:
+        set_codec_threads(0)
+    assert np.array_equal(single, d6_2s) and np.array_equal(pyav_single, d6_2s)
+    write_video(str(tmp_path / "auto.mp4"), d6_2s, 30, preset="veryfast")
+    auto = read_frames(str(tmp_path / "auto.mp4"))
+    assert one.shape == auto.shape == d6_2s.shape
+    assert abs(_psnr(one, d6_2s) - _psnr(auto, d6_2s)) < 0.5 and _psnr(one, d6_2s) > 35
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from facefab.operators.io.media import (
     read_frames,
     read_metadata,
     resize_frames,
+    set_codec_threads,
     write_audio,
     write_video,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "read_frames",
     "read_metadata",
     "resize_frames",
+    "set_codec_threads",
     "write_audio",
     "write_video",
 ]

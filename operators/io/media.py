@@ -342,6 +342,21 @@ def _batched(items: Iterable[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Video decoding
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+_codec_threads = 0  # 0: each codec library picks (about one thread per core of the machine)
+
+
+def set_codec_threads(n: int) -> None:
+    """Threads the video decoders (decord, PyAV) and the H.264 encoder may each use in this
+    process; 0 restores the libraries' defaults. A worker that shares a node with others caps
+    this at its CPU share, as it does OpenCV's and torch's pools (engine.limit_threads)."""
+    global _codec_threads
+    if n < 0:
+        raise ValueError(f"codec threads must be >= 0, got {n}")
+    _codec_threads = int(n)
+
+
 
 def read_frames(uri: str, *, fps: float | None = None, start: float | None = None,
                 end: float | None = None, size: tuple[int, int] | None = None,
@@ -433,7 +448,7 @@ def _decord_batches(path: str, info: MediaInfo, indices: list[int], expected: in
     try:
         import decord  # noqa: PLC0415 -- optional fast path
 
-        reader = decord.VideoReader(path, num_threads=0)
+        reader = decord.VideoReader(path, num_threads=_codec_threads)
         count = len(reader)
     except Exception as e:  # decord raises RuntimeError / DECORDError / TVMError
         raise _DecordFailed(f"open: {e}".splitlines()[0]) from e
@@ -459,6 +474,8 @@ def _pyav_frames(uri: str, path: str, start: float | None) -> Iterator[tuple[flo
     with _open_container(uri, None, "video", path=path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
+        if _codec_threads:
+            stream.codec_context.thread_count = _codec_threads
         origin = _origin(container)
         if start:
             # Seek lands on the keyframe at or before start; _select skips the frames before it.
@@ -585,6 +602,8 @@ def write_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], fps: float,
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    if preset not in X264_PRESETS:
+        raise ValueError(f"unknown x264 preset {preset!r}; choose from {X264_PRESETS}")
     suffix = os.path.splitext(open_fs(uri, storage_options)[1])[1].lower()
     if suffix not in _VIDEO_FORMATS:
         raise ValueError(f"cannot write video '{uri}': use one of {sorted(_VIDEO_FORMATS)}")
@@ -609,8 +628,10 @@ def _encode(path: str, fmt: str, frames: Iterator[np.ndarray], fps: float,
     options = {"movflags": "+faststart+use_metadata_tags"} if fmt in ("mp4", "mov") else {}
     with av.open(path, "w", format=fmt, options=options) as container:
         container.metadata.update({str(k): str(v) for k, v in metadata.items()})
-        video = container.add_stream("libx264", rate=rate,
-                                     options={"crf": str(crf), "preset": preset})
+        x264 = {"crf": str(crf), "preset": preset}
+        if _codec_threads:
+            x264["threads"] = str(_codec_threads)
+        video = container.add_stream("libx264", rate=rate, options=x264)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = None
         if audio is not None:
