@@ -73,15 +73,21 @@ def _apply_all(op: Operator, rows: Iterable[dict[str, Any]]) -> list[dict[str, A
     return out
 
 
-def limit_threads(n: int) -> None:
+def limit_threads(n: int, torch_too: bool = True) -> None:
     """Cap the native thread pools of a worker at its CPU share.
 
-    OpenCV and torch size their pools to the whole machine; several workers on one node would
-    each start that many threads and spend their time contending instead of working.
+    OpenCV, the video codecs and torch size their pools to the whole machine; several workers on
+    one node would each start that many threads and spend their time contending instead of
+    working. torch_too=False leaves torch alone (and unimported) for tasks that do not use it.
     """
     import cv2
 
+    from facefab.operators.io import set_codec_threads
+
     cv2.setNumThreads(n)
+    set_codec_threads(n)
+    if not torch_too:
+        return
     try:
         import torch
 
@@ -106,11 +112,13 @@ class _OperatorActor:
         return rows_to_arrow(_apply_all(self.op, batch.to_pylist()))
 
 
-def _task_batch(batch: pa.Table, op: Operator) -> pa.Table:
+def _task_batch(batch: pa.Table, op: Operator, threads: int = 1) -> pa.Table:
+    limit_threads(threads, torch_too=False)
     return rows_to_arrow(_apply_all(op, batch.to_pylist()))
 
 
-def _task_flat(row: dict[str, Any], op: Operator) -> list[dict[str, Any]]:
+def _task_flat(row: dict[str, Any], op: Operator, threads: int = 1) -> list[dict[str, Any]]:
+    limit_threads(threads, torch_too=False)
     return op.apply(row)
 
 
@@ -157,21 +165,27 @@ def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus
     for op in ops:
         res = op.resources
         gpus = res.num_gpus if use_gpu else 0
+        threads = max(1, int(cpus[op.name]))
         if op.stateful:
             min_size, max_size = pool_bounds(op, total_cpus)
             ds = ds.map_batches(
                 _OperatorActor,
-                fn_constructor_args=(op, max(1, int(cpus[op.name]))),
+                fn_constructor_args=(op, threads),
                 batch_size=res.batch_size,
                 batch_format="pyarrow",
-                compute=ActorPoolStrategy(min_size=min_size, max_size=max_size),
+                # one queued block per actor: a busy actor must not hold work an idle one could take
+                compute=ActorPoolStrategy(min_size=min_size, max_size=max_size,
+                                          max_tasks_in_flight_per_actor=1),
                 num_cpus=cpus[op.name],
                 num_gpus=gpus,
             )
         elif op.fan_out:
-            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op}, num_cpus=cpus[op.name])
+            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op, "threads": threads}, num_cpus=cpus[op.name])
+            # a fan-out task emits all its rows (one video's clips) as one block, and a block goes
+            # to one actor; split it so the clips of a long video spread over the pool
+            ds = ds.repartition(target_num_rows_per_block=1)
         else:
-            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op}, batch_size=res.batch_size,
+            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op, "threads": threads}, batch_size=res.batch_size,
                                 batch_format="pyarrow", num_cpus=cpus[op.name])
     return ds
 

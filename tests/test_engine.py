@@ -127,3 +127,50 @@ def test_resources_are_fitted_so_actor_pools_cannot_starve_tasks():
     assert cpus[chain.name] * 2 <= 1.0 + 1e-9  # actors hold at most half the cluster
     assert cpus["probe"] <= (2.0 - cpus[chain.name] * 2) / 2 + 1e-9
     assert pool_bounds(chain, 64.0) == (64, 64)
+
+
+class SplitsIntoParts(Operator):
+    """Stateless fan-out, like shots: one input row -> `parts` rows, emitted as one block."""
+
+    name = "splits"
+    fan_out = True
+    inputs = ("parts",)
+
+    def process_row(self, row):
+        return [{"id": f"{row['id']}-{i}"} for i in range(row["parts"])]
+
+
+class RecordsWorker(Operator):
+    """Stateful and slow, like the per-track chain; records which actor process ran each row."""
+
+    name = "records_worker"
+    stateful = True
+
+    def process_row(self, row):
+        import os
+        import time
+
+        time.sleep(0.4)
+        return {"worker_pid": os.getpid()}
+
+
+def test_rows_fanned_out_from_one_input_spread_over_the_actor_pool(tmp_path, ray_local):
+    # A fan-out task returns all its rows in one block and Ray hands a block to one actor, so
+    # without splitting, every clip of a long video would run on the same worker.
+    import sys
+
+    from ray import cloudpickle
+
+    from facefab.operators.base import Resources
+
+    module = sys.modules[__name__]  # Ray workers cannot import the test module: ship it by value
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        worker = RecordsWorker(resources=Resources(num_cpus=1.0, pool_size=2, min_pool_size=2))
+        run = PipelineRun("spread", "clips", RunContext(str(tmp_path / "out")), progress=False)
+        summary = run_pipeline(run, [SplitsIntoParts(), worker], [{"id": "video", "parts": 6}])
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    rows = read_manifest(str(tmp_path / "out")).to_pylist()
+    assert summary.run_counts["ok"] == 6 and len(rows) == 6
+    assert len({r["worker_pid"] for r in rows}) == 2
