@@ -201,6 +201,10 @@ class AlignCrop(Operator):
         crop_scale: float = 1.0  # 1.0 = FFHQ framing; > 1 adds context around the face
         smooth_window: int = 5  # frames of the centred moving average on transform parameters
         crf: int = 18
+        # x264 speed preset of the crop mp4s. At crf 18 "veryfast" encodes a 512 px crop about
+        # 1.7x faster than "medium" for 0.4 dB less PSNR and a file no bigger (measured on the
+        # shared videos); the encode was the largest single cost of preprocessing.
+        preset: str = "veryfast"
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -216,6 +220,7 @@ class AlignCrop(Operator):
         audio = self._audio(row, start, end) if row.get("has_audio") else None
         crop_uri = self.ctx.artifact_uri("crops", row["id"], ".mp4")
         write_video(crop_uri, crops, float(row["fps"]), audio=audio, audio_rate=AUDIO_RATE, crf=c.crf,
+                    preset=c.preset,
                     metadata={"source": str(row["video_uri"]), "start": f"{start:.3f}", "end": f"{end:.3f}"},
                     storage_options=self.ctx.storage_options)
         return {"_align": pack_arrays(affine=affine, inverse=inverse), "crop_uri": crop_uri,
