@@ -35,7 +35,11 @@ DEFAULT_INPUTS = sorted(SHARED.glob("*.mp4")) or SAMPLES
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and every other process of this user's Ray session."""
+    """Samples the summed PSS of this process and every process of the Ray session.
+
+    PSS (proportional set size) splits each shared page between the processes that map it; a
+    plain RSS sum counts the shared libraries (torch, OpenCV, MediaPipe) and Ray's shared-memory
+    object store once per worker, so it grows with the number of workers, not with the data."""
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
@@ -53,7 +57,7 @@ class PeakMemory:
                 continue
             seen.add(p.pid)
             try:
-                total += p.memory_info().rss
+                total += p.memory_full_info().pss
             except psutil.Error:
                 pass
         return total
