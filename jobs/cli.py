@@ -14,7 +14,8 @@ import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-# name -> module exposing add_parser(subparsers) and run(args) -> int
+# name -> module exposing HELP, add_parser(subparsers) and run(args) -> int. The modules import
+# their heavy dependencies (torch, diffusers, OpenCV) inside add_parser/run, not at import time.
 COMMANDS = {
     "preprocess": "facefab.jobs.commands.preprocess",
     "dub": "facefab.jobs.commands.dub",
@@ -53,19 +54,31 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `only`, every other command gets a listing-only stub, so that
+    `facefab status ...` or `facefab --help` does not import torch and every operator."""
     parser = argparse.ArgumentParser(prog="facefab", description="Batch face-video production on Ray: "
                                      "preprocess catalogs, generate, train.")
     parser.add_argument("--version", action="version", version=f"facefab {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        if only is None or name == only:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
+def _command_of(argv: list[str]) -> str:
+    """The subcommand named on the command line ("" when none), found without parsing the rest."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_of(argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -51,3 +51,17 @@ def test_every_job_subcommand_takes_out_storage_options_and_config():
             pytest.fail(f"subcommand {name} missing")
         opts = {s for a in sub.choices[name]._actions for s in a.option_strings}
         assert {"--out", "--storage-options", "--config"} <= opts, name
+
+
+def test_help_and_light_commands_do_not_import_the_models():
+    # `facefab --help` / `facefab status` used to import torch, diffusers and every operator (~5 s)
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom facefab.jobs import cli\n"
+             "for argv in (['--help'], ['status', '--help'], ['-v', 'report', '--help']):\n"
+             "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'diffusers', 'mediapipe', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "usage: facefab [-h]" in out and "usage: facefab status" in out and "usage: facefab report" in out
+    assert out.strip().splitlines()[-1] == "[]"

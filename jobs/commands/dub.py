@@ -19,11 +19,14 @@ import argparse
 from facefab.jobs.config import add_config_flags, build_config
 
 
+HELP = "lip-sync videos to new audio tracks (manifest of video/audio pairs)"
+
+
 def add_parser(sub) -> None:
     from facefab.jobs.cli import add_run_args
     from facefab.pipelines.dub import DubConfig
 
-    p = sub.add_parser("dub", help="lip-sync videos to new audio tracks (manifest of video/audio pairs)",
+    p = sub.add_parser("dub", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="Parquet/CSV with video_uri, audio_uri")
     p.add_argument("--video", default=None, help="one source video (with --audio, instead of a MANIFEST)")

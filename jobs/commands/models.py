@@ -10,8 +10,11 @@ import argparse
 import json
 
 
+HELP = "list the generators, their inputs and configured checkpoints"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the generators, their inputs and configured checkpoints",
+    p = sub.add_parser("models", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, metavar="FILE", help="YAML mapping model name -> checkpoint")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

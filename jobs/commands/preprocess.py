@@ -11,12 +11,15 @@ import argparse
 from facefab.jobs.config import add_config_flags, build_config
 
 
+HELP = ("raw videos -> clips, face tracks, landmarks, pose, masks, audio features, flow, "
+        "quality scores")
+
+
 def add_parser(sub) -> None:
     from facefab.jobs.cli import add_run_args
     from facefab.pipelines.preprocess import PreprocessConfig
 
-    p = sub.add_parser("preprocess", help="raw videos -> clips, face tracks, landmarks, pose, masks, "
-                       "audio features, flow, quality scores", description=__doc__,
+    p = sub.add_parser("preprocess", help=HELP, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     add_run_args(p)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 
+HELP = "HTML report of a preprocess root"
+
+
 def add_parser(sub) -> None:
     from facefab.jobs.cli import add_storage_args
 
-    p = sub.add_parser("report", help="HTML report of a preprocess root", description=__doc__)
+    p = sub.add_parser("report", help=HELP, description=__doc__)
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--html", default=None, metavar="FILE", help="where to write it (default: ROOT/report.html)")
     p.add_argument("--max-clips", type=int, default=24, help="contact sheets for at most this many clips")

@@ -18,8 +18,11 @@ import shlex
 import sys
 
 
+HELP = "run a job spec (YAML): preprocess, dub or train"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="run a job spec (YAML): preprocess, dub or train",
+    p = sub.add_parser("run", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", metavar="JOB.yaml", help="job spec file")
     p.add_argument("--dry-run", action="store_true",

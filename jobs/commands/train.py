@@ -25,10 +25,13 @@ import sys
 from facefab.jobs.config import add_config_flags, build_config
 
 
+HELP = "train a generator with Ray Train + DeepSpeed (resumable)"
+
+
 def add_parser(sub) -> None:
     from facefab.pipelines.train import SYSTEMS, TrainConfig
 
-    p = sub.add_parser("train", help="train a generator with Ray Train + DeepSpeed (resumable)",
+    p = sub.add_parser("train", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p, SYSTEMS, TrainConfig)
     p.set_defaults(func=run)

@@ -15,10 +15,13 @@ import sys
 from facefab.manifests.storage import storage_options_from_env
 
 
+HELP = "check a video for facefab's synthetic tag, watermark and C2PA credential"
+
+
 def add_parser(sub) -> None:
     from facefab.jobs.cli import add_storage_args
 
-    p = sub.add_parser("verify", help="check a video for facefab's synthetic tag, watermark and C2PA credential",
+    p = sub.add_parser("verify", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     add_storage_args(p)
