@@ -103,7 +103,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
     return np.clip(np.minimum(rising, falling), 0.0, None).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass
 class MelSettings:
     n_mels: int = 80
     window_ms: float = 25.0
@@ -197,13 +197,7 @@ class AudioFeatures(Operator):
     default_resources = Resources(num_cpus=1.0)
 
     @dataclass
-    class Config:
-        n_mels: int = 80
-        window_ms: float = 25.0
-        hop_ms: float = 10.0
-        fmin: float = 0.0
-        fmax: float | None = 8000.0
-        log_floor: float = 1e-5
+    class Config(MelSettings):  # the mel fields (--audio.n-mels, ...) plus:
         context: int = 8  # mel frames each side of a video frame (8 x 10 ms ~ 2 frames at 25 fps)
         vad_threshold: float = 0.5
         require_audio: bool = False  # True: a clip without audio fails instead of reading as silence
@@ -213,8 +207,7 @@ class AudioFeatures(Operator):
 
     @property
     def mel_settings(self) -> MelSettings:
-        c = self.config
-        return MelSettings(c.n_mels, c.window_ms, c.hop_ms, c.fmin, c.fmax, c.log_floor)
+        return self.config
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         fps, n_frames = float(row["fps"]), video_frame_count(row)
