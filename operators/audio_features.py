@@ -65,6 +65,15 @@ def clip_audio(row: dict[str, Any], n_frames: int, require_audio: bool,
     return fit_audio(audio, int(frame_sample_bounds(n_frames, float(row["fps"]))[-1]))
 
 
+def clip_audio_or_silence(row: dict[str, Any], n_frames: int, require_audio: bool,
+                          storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, bool]:
+    """(audio, has_audio): `clip_audio`, with digital silence of the same length when there is none."""
+    audio = clip_audio(row, n_frames, require_audio, storage_options)
+    if audio is None:
+        return np.zeros(int(frame_sample_bounds(n_frames, float(row["fps"]))[-1]), np.float32), False
+    return audio, True
+
+
 def frame_rms(audio: np.ndarray, fps: float, n_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(T,) RMS energy of each video frame's audio interval."""
     bounds = np.minimum(frame_sample_bounds(n_frames, fps, sample_rate), len(audio))
@@ -211,10 +220,8 @@ class AudioFeatures(Operator):
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         fps, n_frames = float(row["fps"]), video_frame_count(row)
-        audio = clip_audio(row, n_frames, self.config.require_audio, self.ctx.storage_options)
-        has_audio = audio is not None
-        if audio is None:
-            audio = np.zeros(int(frame_sample_bounds(n_frames, fps)[-1]), np.float32)
+        audio, has_audio = clip_audio_or_silence(row, n_frames, self.config.require_audio,
+                                                 self.ctx.storage_options)
         settings = self.mel_settings
         mel = log_mel(audio, settings)
         vad = frame_voice_activity(audio, self._vad, fps, n_frames, self.config.vad_threshold)
@@ -334,11 +341,9 @@ class SpeechEncoder(Operator):
         return torch.cat(pieces)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        fps, n_frames = float(row["fps"]), video_frame_count(row)
-        audio = clip_audio(row, n_frames, self.config.require_audio, self.ctx.storage_options)
-        has_audio = audio is not None
-        if audio is None:
-            audio = np.zeros(int(frame_sample_bounds(n_frames, fps)[-1]), np.float32)
+        n_frames = video_frame_count(row)
+        audio, has_audio = clip_audio_or_silence(row, n_frames, self.config.require_audio,
+                                                 self.ctx.storage_options)
         hidden = self._encode_whisper(audio) if self._is_whisper else self._encode_raw(audio)
         embeddings = resample_frames(hidden.float().cpu(), n_frames).numpy().astype(np.float32)
         uri = self.ctx.artifact_uri("speech_embeddings", row["id"], ".npz")
