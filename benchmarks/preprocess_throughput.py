@@ -149,7 +149,7 @@ def main() -> None:
               f"{seq_cpu / seq:.2f} cores busy on average)")
         seq1, seq1_cpu = time_sequential(videos, args.repeat, work, threads=1)
         print(f"sequential, 1 thread: {n / seq1:4.1f} frames/s   (OpenCV/torch/codecs capped at one thread, like "
-              f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: MediaPipe keeps its own threads)")
+              f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: decord decodes in a thread of its own)")
         # warm the Ray workers' imports once so both DAG timings measure steady state
         time_dag(videos[:1], 1, os.path.join(work, "warm"))
         dag, _, dag_cpu = time_dag(videos, args.repeat, os.path.join(work, "dag"))
