@@ -113,6 +113,19 @@ def test_iter_frames_chunks(d0):
     np.testing.assert_array_equal(np.concatenate(chunks), read_frames(d0))
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_large_frames_decode_in_chunks_under_the_byte_cap(shared_data, backend):
+    from facefab.operators.io.media import DECODE_CHUNK_BYTES
+
+    big = str(shared_data / "videos" / "talk_yongen.mp4")  # 704x1216: 2.5 MB per RGB frame
+    chunks = list(iter_frames(big, end=1.5, chunk=128, backend=backend))
+    per_chunk = DECODE_CHUNK_BYTES // (704 * 1216 * 3)
+    assert [len(c) for c in chunks[:-1]] == [per_chunk] * (len(chunks) - 1)
+    whole = read_frames(big, end=1.5, backend=backend)  # filled into one preallocated array
+    assert len(whole) == 38 and whole.flags.c_contiguous
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(fps=25, start=0.5, end=2.5),

@@ -357,17 +357,38 @@ def set_codec_threads(n: int) -> None:
     _codec_threads = int(n)
 
 
+# Decoded chunks are kept under glibc's largest mmap threshold (32 MiB), so their buffers are
+# recycled from the heap. A 128-frame chunk of 1216x704 video (330 MB) is a fresh mmap each time,
+# and faulting its pages in cost more system time than the decoding itself.
+DECODE_CHUNK_BYTES = 16 << 20
+
+
+def _bounded_chunk(chunk: int, width: int, height: int) -> int:
+    return max(1, min(chunk, DECODE_CHUNK_BYTES // max(1, width * height * 3)))
+
+
 
 def read_frames(uri: str, *, fps: float | None = None, start: float | None = None,
                 end: float | None = None, size: tuple[int, int] | None = None,
                 storage_options: dict | None = None, backend: str = "auto") -> np.ndarray:
     """All selected frames as one (T, H, W, 3) uint8 RGB array (see `iter_frames`)."""
-    chunks = list(iter_frames(uri, fps=fps, start=start, end=end, size=size, chunk=256,
-                              storage_options=storage_options, backend=backend))
-    if not chunks:
+    size = _checked_decode_args(fps, start, end, size, backend)
+    expected: list[int] = []
+    out, filled, extra = None, 0, []
+    # Fill one array sized from the container's frame list instead of concatenating chunks:
+    # the frames are touched (page-faulted) once, not twice.
+    for batch in _iter_frames(uri, fps, start, end, size, 256, storage_options, backend, expected):
+        if out is None:
+            out = np.empty((max(expected[0], len(batch)), *batch.shape[1:]), np.uint8)
+        take = min(len(batch), len(out) - filled)
+        out[filled:filled + take] = batch[:take]
+        filled += take
+        if take < len(batch):  # PyAV decoded more frames than the container listed
+            extra.append(batch[take:])
+    if out is None:
         width, height = size or _display_size(uri, storage_options)
         return np.zeros((0, height, width, 3), np.uint8)
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    return np.concatenate([out[:filled], *extra]) if extra else out[:filled]
 
 
 def _display_size(uri: str, storage_options: dict | None) -> tuple[int, int]:
@@ -384,23 +405,31 @@ def iter_frames(uri: str, *, fps: float | None = None, start: float | None = Non
     each output time start + k/fps, the source frame with the nearest timestamp. size=(width,
     height) resizes after rotation. backend: "auto" (decord, PyAV fallback), "decord" or "pyav".
     """
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    # Arguments are checked here, at call time; the decoding runs lazily.
+    return _iter_frames(uri, fps, start, end, _checked_decode_args(fps, start, end, size, backend),
+                        chunk, storage_options, backend)
+
+
+def _checked_decode_args(fps: float | None, start: float | None, end: float | None,
+                         size: tuple[int, int] | None, backend: str) -> tuple[int, int] | None:
+    """Validates the decode arguments; returns size as ints (or None)."""
     _check_window(start, end)
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if size is not None and (len(size) != 2 or min(size) <= 0):
         raise ValueError(f"size must be (width, height) with positive values, got {size}")
-    if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    # Arguments are checked above, at call time; the decoding below runs lazily.
-    return _iter_frames(uri, fps, start, end, None if size is None else (int(size[0]), int(size[1])),
-                        chunk, storage_options, backend)
+    return None if size is None else (int(size[0]), int(size[1]))
 
 
 def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | None,
                  size: tuple[int, int] | None, chunk: int, storage_options: dict | None,
-                 backend: str) -> Iterator[np.ndarray]:
+                 backend: str, expected: list[int] | None = None) -> Iterator[np.ndarray]:
+    """expected: when given, receives the number of frames the container lists for the
+    selection before the first chunk is yielded."""
     with local_path(uri, storage_options) as path:
         with _open_container(uri, None, "video", path=path) as container:
             stream = _video_stream(container)
@@ -410,9 +439,12 @@ def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | 
             times = _frame_times(uri, container, stream, stream.frames)
         frame_duration = 1.0 / info.fps if info.fps else 0.0
         selection = dict(fps=fps, start=start, end=end, frame_duration=frame_duration)
+        indices = list(_select(((t, i) for i, t in enumerate(times)), **selection))
+        if expected is not None:
+            expected.append(len(indices))
+        chunk = _bounded_chunk(chunk, info.width, info.height)
         done = 0
         if backend != "pyav":
-            indices = list(_select(((t, i) for i, t in enumerate(times)), **selection))
             try:
                 for batch in _decord_batches(path, info, indices, len(times), chunk):
                     batch = resize_frames(batch, size)
