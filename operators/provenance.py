@@ -629,14 +629,18 @@ def verify_file(uri: str, storage_options: dict | None = None, max_frames: int =
         if not probed.has_video:
             raise media.MediaError(f"'{uri}' has no video stream")
         tag = read_tag(media.read_metadata(path))
-        chunks = media.iter_frames(path, chunk=max_frames)
-        try:
-            frames = next(chunks, None)
+        chunks, got = media.iter_frames(path, chunk=max_frames), []
+        try:  # the first max_frames frames; chunks may come smaller than asked for
+            for chunk in chunks:
+                got.append(chunk)
+                if sum(len(c) for c in got) >= max_frames:
+                    break
         finally:
             chunks.close()
-        if frames is None:
+        if not got:
             raise media.MediaError(f"cannot decode any frame of '{uri}'")
-        watermark = detect_watermark(frames[:max_frames], payload_len_bits, expected=expected)
+        frames = np.concatenate(got)[:max_frames]
+        watermark = detect_watermark(frames, payload_len_bits, expected=expected)
         try:
             c2pa_info = read_c2pa(path, trust_anchors_pem) if c2pa_mime(path) else None
         except Exception as e:  # noqa: BLE001 -- c2pa.C2paError and its subclasses
