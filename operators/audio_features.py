@@ -214,15 +214,11 @@ class AudioFeatures(Operator):
     def setup(self) -> None:
         self._vad = load_vad()
 
-    @property
-    def mel_settings(self) -> MelSettings:
-        return self.config
-
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         fps, n_frames = float(row["fps"]), video_frame_count(row)
         audio, has_audio = clip_audio_or_silence(row, n_frames, self.config.require_audio,
                                                  self.ctx.storage_options)
-        settings = self.mel_settings
+        settings = self.config  # a MelSettings
         mel = log_mel(audio, settings)
         vad = frame_voice_activity(audio, self._vad, fps, n_frames, self.config.vad_threshold)
         uri = self.ctx.artifact_uri("audio_features", row["id"], ".npz")

@@ -342,8 +342,6 @@ def _batched(items: Iterable[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Video decoding
 
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-                "veryslow", "placebo")
 _codec_threads = 0  # 0: each codec library picks (about one thread per core of the machine)
 
 
@@ -365,7 +363,6 @@ DECODE_CHUNK_BYTES = 16 << 20
 
 def _bounded_chunk(chunk: int, width: int, height: int) -> int:
     return max(1, min(chunk, DECODE_CHUNK_BYTES // max(1, width * height * 3)))
-
 
 
 def read_frames(uri: str, *, fps: float | None = None, start: float | None = None,
@@ -619,6 +616,9 @@ def _planar_audio(audio: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # Video encoding
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
 
 
 def write_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
