@@ -629,11 +629,12 @@ def verify_file(uri: str, storage_options: dict | None = None, max_frames: int =
         if not probed.has_video:
             raise media.MediaError(f"'{uri}' has no video stream")
         tag = read_tag(media.read_metadata(path))
-        chunks, got = media.iter_frames(path, chunk=max_frames), []
+        chunks, got, count = media.iter_frames(path, chunk=max_frames), [], 0
         try:  # the first max_frames frames; chunks may come smaller than asked for
             for chunk in chunks:
                 got.append(chunk)
-                if sum(len(c) for c in got) >= max_frames:
+                count += len(chunk)
+                if count >= max_frames:
                     break
         finally:
             chunks.close()
