@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from facefab.operators.base import RunContext
-from facefab.pipelines.dub import (
+from facefab.operators.dub import (
     DubAnalyze,
     DubConfig,
     DubScore,
     LipSync,
+)
+from facefab.pipelines.dub import (
     dub_inputs,
     resolve_model,
 )
@@ -37,12 +40,7 @@ ANALYSIS = STAGES[:5]
 
 def tiny_mytalk(folder: str) -> str:
     """A tiny random-initialised MyTalk checkpoint (both stages) saved under `folder`."""
-    from facefab.operators.mytalk import (
-        MyTalkMotion,
-        MyTalkPipeline,
-        MyTalkRenderer,
-        tiny,
-    )
+    from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
 
     configs = tiny()
     MyTalkPipeline(MyTalkMotion(**configs["motion"]), MyTalkRenderer(**configs["renderer"])).save_pretrained(folder)
@@ -61,8 +59,8 @@ def generate(analysed: dict, config: DubConfig, ctx: RunContext) -> dict:
 
 
 def watermark_ms_per_frame(uri: str) -> float:
-    from facefab.operators.io import read_frames
-    from facefab.operators.provenance import embed_watermark
+    from facefab.media import read_frames
+    from facefab.media.provenance import embed_watermark
 
     frames = read_frames(uri, end=0.4)
     start = time.perf_counter()

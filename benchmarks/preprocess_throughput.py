@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from facefab.media import iter_frames, probe
 from facefab.operators.base import RunContext, stable_id
-from facefab.operators.io import iter_frames, probe
 from facefab.pipelines.engine import PipelineRun, init_ray, limit_threads, run_local, run_pipeline
 from facefab.pipelines.preprocess import PreprocessConfig, build_operators, largest_first, plan_stages
 

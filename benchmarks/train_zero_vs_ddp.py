@@ -3,7 +3,7 @@
 Prints, per strategy, the training throughput (samples/s over all workers, mean of the steps after
 the first, data loading included) and per worker the peak RSS (also less the RSS right after the
 torch / DeepSpeed imports, i.e. what model, gradients, optimizer and buffers add) and the optimizer
-state it holds, then the ZeRO-2 / DDP ratios. Both runs go through `facefab.pipelines.train.run_training` on the
+state it holds, then the ZeRO-2 / DDP ratios. Both runs go through `facefab.training.runtime.run_training` on the
 same local Ray, each into a fresh checkpoint folder (no resume).
 
     python benchmarks/train_zero_vs_ddp.py                    # builds a small data root from shared/data
@@ -44,7 +44,7 @@ def build_root(root: str) -> str:
     """A preprocess-like root: 128 px centred square crops (25 fps, 16 kHz audio), a clips manifest."""
     from facefab.manifests.io import ManifestWriter, new_run_id
     from facefab.manifests.storage import join_uri
-    from facefab.operators.io.media import read_audio, read_frames, write_video
+    from facefab.media.io import read_audio, read_frames, write_video
 
     videos = shared_data() / "videos"
     rows = []
@@ -65,7 +65,7 @@ def build_root(root: str) -> str:
 
 
 def run_one(strategy: str, args, data: str, out: str) -> tuple[dict, float]:
-    from facefab.pipelines.train import TrainConfig, run_training
+    from facefab.training.runtime import TrainConfig, run_training
 
     cfg = TrainConfig(system="facevid2vid", preset="" if args.preset == "bench" else args.preset,
                       model=BENCH_MODEL if args.preset == "bench" else {}, strategy=strategy, zero_stage=2,

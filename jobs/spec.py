@@ -90,7 +90,7 @@ KINDS: dict[str, _Kind] = {
     "dub": _Kind("dub", ("manifest", "video", "audio"), _RUN_OPTIONS,
                  ("facefab.pipelines.dub", "DubConfig"), ("manifest", "video", "audio", "out")),
     "train": _Kind("train", ("system", "data"), _TRAIN_OPTIONS,
-                   ("facefab.pipelines.train", "TrainConfig"), ("data", "out")),
+                   ("facefab.training.runtime", "TrainConfig"), ("data", "out")),
 }
 
 
@@ -196,7 +196,7 @@ def config_class(kind: str) -> type | None:
 
 
 def _check_config(kind: str, config: dict[str, Any], where: str) -> None:
-    from facefab.jobs.config import from_dict
+    from .config import from_dict
 
     if kind == "train" and "system" in config:
         raise ValueError(f"{where}.system: set the system at the top level (`system:`), not in config")

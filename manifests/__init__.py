@@ -1,6 +1,8 @@
 """Manifests: versioned Arrow schemas, sharded Parquet IO over fsspec, status and resume."""
 
-from facefab.manifests.schemas import (
+from .io import ManifestWriter, read_manifest, read_table
+from .resume import ResumePlan, plan_resume
+from .schemas import (
     COMMON_FIELDS,
     MANIFEST_KINDS,
     SCHEMA_VERSION,
@@ -9,16 +11,7 @@ from facefab.manifests.schemas import (
     STATUS_OK,
     schema_for,
 )
-from facefab.manifests.storage import (
-    atomic_write_bytes,
-    exists,
-    join_uri,
-    open_fs,
-    read_bytes,
-    storage_options_from_env,
-)
-from facefab.manifests.io import ManifestWriter, read_manifest, read_table
-from facefab.manifests.resume import ResumePlan, plan_resume
+from .storage import atomic_write_bytes, exists, join_uri, open_fs, read_bytes, storage_options_from_env
 
 __all__ = [
     "COMMON_FIELDS",

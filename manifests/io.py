@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facefab.manifests.schemas import SCHEMA_VERSION, STATUSLESS_KINDS, schema_for
-from facefab.manifests.storage import atomic_write_bytes, join_uri, list_visible, open_fs, remove
+from .schemas import SCHEMA_VERSION, STATUSLESS_KINDS, schema_for
+from .storage import atomic_write_bytes, join_uri, list_visible, open_fs, remove
 
 log = logging.getLogger(__name__)
 

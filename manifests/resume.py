@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facefab.manifests.schemas import STATUS_FAILED
+from .schemas import STATUS_FAILED
 
 
 @dataclass

@@ -1,11 +1,5 @@
 """Operators: one module per operator family; generators one subpackage per system."""
 
-from facefab.operators.base import (
-    Filtered,
-    Operator,
-    OperatorError,
-    Resources,
-    RunContext,
-)
+from .base import Filtered, Operator, OperatorError, Resources, RunContext
 
 __all__ = ["Filtered", "Operator", "OperatorError", "Resources", "RunContext"]

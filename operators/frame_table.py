@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from facefab.manifests.io import rows_to_table, write_table
-from facefab.operators.arrays import unpack_arrays
-from facefab.operators.base import Operator, Resources
+from facefab.media.arrays import unpack_arrays
+
+from .base import Operator, Resources
 
 PRIVATE_COLUMNS = ("_track", "_landmarks", "_align", "_pose")
 

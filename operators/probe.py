@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facefab.operators.base import Operator, OperatorError, Resources
-from facefab.operators.io import MediaError, probe
+from facefab.media import MediaError, probe
+
+from .base import Operator, OperatorError, Resources
 
 
 class ProbeVideo(Operator):

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facefab.operators.base import Filtered, Operator, Resources, stable_id
-from facefab.operators.io import iter_frames
+from facefab.media import iter_frames
+
+from .base import Filtered, Operator, Resources, stable_id
 
 ANALYSIS_WIDTH = 96
 

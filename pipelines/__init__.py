@@ -1,5 +1,5 @@
 """Pipelines: Ray Data DAGs built from operators (preprocess, dub, animate, makeup, swap, train)."""
 
-from facefab.pipelines.engine import PipelineRun, RunSummary, build_dataset, init_ray, run_local, run_pipeline
+from .engine import PipelineRun, RunSummary, build_dataset, init_ray, run_local, run_pipeline
 
 __all__ = ["PipelineRun", "RunSummary", "build_dataset", "init_ray", "run_local", "run_pipeline"]

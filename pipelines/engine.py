@@ -21,42 +21,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+
 from facefab.manifests.io import ManifestWriter, compact, new_run_id, read_manifest
 from facefab.manifests.resume import plan_resume
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
 from facefab.manifests.storage import atomic_write_bytes, join_uri
 from facefab.operators.base import Operator, RunContext
+from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads
 
 log = logging.getLogger(__name__)
 
 
 # -- Ray plumbing -------------------------------------------------------------------------------
-
-# MediaPipe/TFLite and glog print a few lines per model load in every worker; keep warnings+.
-QUIET_NATIVE_LOGS = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-def init_ray(num_cpus: int | None = None, progress: bool = True) -> None:
-    """Connect to $RAY_ADDRESS when set, else start a local Ray sized to this machine."""
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                     configure_logging=False, runtime_env={"env_vars": QUIET_NATIVE_LOGS})
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.enable_operator_progress_bars = progress
-
-
-def cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
 
 def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
     """pa.Table.from_pylist infers columns from the first row only; use the union of keys."""
@@ -71,29 +47,6 @@ def _apply_all(op: Operator, rows: Iterable[dict[str, Any]]) -> list[dict[str, A
     for row in rows:
         out.extend(op.apply(row))
     return out
-
-
-def limit_threads(n: int, torch_too: bool = True) -> None:
-    """Cap the native thread pools of a worker at its CPU share.
-
-    OpenCV, the video codecs and torch size their pools to the whole machine; several workers on
-    one node would each start that many threads and spend their time contending instead of
-    working. torch_too=False leaves torch alone (and unimported) for tasks that do not use it.
-    """
-    import cv2
-
-    from facefab.operators.io import set_codec_threads
-
-    cv2.setNumThreads(n)
-    set_codec_threads(n)
-    if not torch_too:
-        return
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:  # pragma: no cover - torch is a dependency, but keep workers importable
-        pass
 
 
 class _OperatorActor:

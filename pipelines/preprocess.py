@@ -16,7 +16,7 @@ from typing import Any
 
 from facefab.manifests.storage import open_fs
 from facefab.operators.align import AlignCrop
-from facefab.operators.audio_features import AudioFeatures, SpeechEncoder
+from facefab.operators.audio import AudioFeatures, SpeechEncoder
 from facefab.operators.base import Operator, OperatorChain, Resources, RunContext
 from facefab.operators.faces import FaceTrack
 from facefab.operators.flow import OpticalFlow
@@ -27,7 +27,8 @@ from facefab.operators.pose import HeadPose
 from facefab.operators.probe import ProbeVideo
 from facefab.operators.quality import QualityFilter, QualityScores
 from facefab.operators.shots import ShotClips
-from facefab.pipelines.engine import PipelineRun, RunSummary, run_pipeline
+
+from .engine import PipelineRun, RunSummary, run_pipeline
 
 # (config section / --operators name, operator class) in DAG order
 STAGES: list[tuple[str, type[Operator]]] = [

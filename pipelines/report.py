@@ -17,10 +17,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facefab.manifests.io import read_manifest, read_table
+from facefab.face.alignment import invert_affines, points_to_crop
+from facefab.manifests.io import read_manifest
 from facefab.manifests.storage import exists, join_uri, read_bytes
-from facefab.operators.arrays import load_npz
-from facefab.operators.io import read_frames
+from facefab.media import read_frames
+from facefab.media.arrays import load_npz
+from facefab.operators.track_row import read_frame_table
 
 SCORE_COLUMNS = ("face_size", "blur", "pose_extremity", "landmark_jitter", "face_count", "speech_ratio", "av_sync")
 # RGB tint per parsing label id (0 = background is not tinted)
@@ -72,18 +74,18 @@ def contact_sheet(row: dict[str, Any], storage_options: dict[str, Any] | None, f
     crops = read_frames(row["crop_uri"], storage_options=storage_options)
     n = len(crops)
     picks = np.linspace(0, n - 1, min(frames_per_sheet, n)).round().astype(int)
-    per_frame = read_table(row["frames_uri"], storage_options).to_pylist() if row.get("frames_uri") else []
+    table = read_frame_table(row["frames_uri"], storage_options) if row.get("frames_uri") else None
+    in_crop = (points_to_crop(table.landmarks[..., :2], invert_affines(np.nan_to_num(table.inverse)))
+               if table is not None else None)
     masks = load_npz(row["masks_uri"], storage_options)["labels"] if row.get("masks_uri") else None
     tiles = []
     for t in picks:
-        rec = per_frame[t] if t < len(per_frame) else {}
         lms = pose = None
-        if rec.get("landmarks") and rec.get("inverse_transform"):
-            affine = cv2.invertAffineTransform(np.array(rec["inverse_transform"], np.float64).reshape(2, 3))
-            pts = np.array(rec["landmarks"], np.float64).reshape(-1, 3)[:, :2]
-            lms = pts @ affine[:, :2].T + affine[:, 2]
-        if rec.get("pose"):
-            pose = np.array(rec["pose"], np.float64)
+        if table is not None and t < len(table):
+            if np.isfinite(table.landmarks[t]).all() and np.isfinite(table.inverse[t]).all():
+                lms = in_crop[t]
+            if np.isfinite(table.pose[t]).all():
+                pose = table.pose[t].astype(np.float64)
         labels = masks[t] if masks is not None and t < len(masks) else None
         tiles.append(cv2.resize(draw_frame(crops[t], labels, lms, pose), (thumb, thumb), interpolation=cv2.INTER_AREA))
     return np.concatenate(tiles, axis=1)

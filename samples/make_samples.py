@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from facefab.operators.io import read_audio, read_frames, write_audio, write_video
+from facefab.media import read_audio, read_frames, write_audio, write_video
 
 src = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data")
 here = Path(__file__).parent

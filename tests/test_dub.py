@@ -15,36 +15,19 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+
+from facefab.audio.features import frame_rms, frame_voice_activity, load_vad
+from facefab.face.detection import FaceDetector, Track, detect_faces, track_faces
+from facefab.face.mesh import FaceMesher, mesh_track, to_68
+from facefab.face.parsing import mouth_open_ratio
+from facefab.face.scores import av_sync_score
 from facefab.manifests.io import read_manifest
-from facefab.operators.audio_features import frame_rms, frame_voice_activity, load_vad
+from facefab.media import probe, read_audio, read_frames, write_audio, write_video
+from facefab.media.provenance import verify_file
+from facefab.models.lipsync.weightfree import MouthModel, Speech, WeightFreeConfig, loudness_openness, select_frames
 from facefab.operators.base import RunContext
-from facefab.operators.faces import FaceDetector, Track, detect_faces, track_faces
-from facefab.operators.io import (
-    probe,
-    read_audio,
-    read_frames,
-    write_audio,
-    write_video,
-)
-from facefab.operators.landmarks import FaceMesher, mesh_track, to_68
-from facefab.operators.mytalk.weightfree import (
-    MouthModel,
-    Speech,
-    WeightFreeConfig,
-    loudness_openness,
-    select_frames,
-)
-from facefab.operators.parsing import mouth_open_ratio
-from facefab.operators.provenance import verify_file
-from facefab.operators.quality import av_sync_score
-from facefab.pipelines.dub import (
-    DubConfig,
-    build_operators,
-    dub_inputs,
-    retime_index,
-    run_dub,
-    select_track,
-)
+from facefab.operators.dub import DubConfig, retime_index, select_track
+from facefab.pipelines.dub import build_operators, dub_inputs, run_dub
 from facefab.pipelines.engine import run_local
 
 SECONDS = 4.0  # of speech_hallo1 dubbed onto drive_d3 (max_duration)
@@ -233,12 +216,7 @@ def test_frames_without_a_face_pass_through(catalog, tmp_path):
 
 
 def test_mytalk_path_runs_from_a_checkpoint(catalog, tmp_path):
-    from facefab.operators.mytalk import (
-        MyTalkMotion,
-        MyTalkPipeline,
-        MyTalkRenderer,
-        tiny,
-    )
+    from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
 
     configs = tiny()
     checkpoint = str(tmp_path / "mytalk")

@@ -9,13 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from facefab.operators.align import AlignCrop, paste_back, similarity_from_landmarks, warp_to_crop
-from facefab.operators.arrays import unpack_arrays
+from facefab.face.alignment import paste_back, similarity_from_landmarks, warp_to_crop
+from facefab.face.detection import Detection, detect_faces, track_faces
+from facefab.face.mesh import MEDIAPIPE_TO_68, FaceMesher, to_68
+from facefab.face.pose import head_pose
+from facefab.face.smoothing import moving_average
+from facefab.media import probe, read_frames, write_video
+from facefab.media.arrays import unpack_arrays
+from facefab.operators.align import AlignCrop
 from facefab.operators.base import RunContext
-from facefab.operators.faces import Detection, FaceTrack, detect_faces, moving_average, track_faces
-from facefab.operators.io import probe, read_frames, write_video
-from facefab.operators.landmarks import MEDIAPIPE_TO_68, FaceLandmarks, FaceMesher, to_68
-from facefab.operators.pose import HeadPose, head_pose
+from facefab.operators.faces import FaceTrack
+from facefab.operators.landmarks import FaceLandmarks
+from facefab.operators.pose import HeadPose
 from facefab.pipelines.engine import run_local
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -15,13 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from facefab.operators.arrays import load_npz, pack_arrays, unpack_arrays
-from facefab.operators.audio_features import AudioFeatures, SpeechEncoder, frame_rms
+from facefab.audio.features import frame_rms
+from facefab.face.flow import RAFT_UNAVAILABLE, load_flow
+from facefab.face.parsing import LABELS, mouth_open_ratio
+from facefab.face.scores import av_sync_score
+from facefab.media import read_audio, read_frames, write_audio, write_video
+from facefab.media.arrays import load_npz, pack_arrays, unpack_arrays
+from facefab.operators.audio import AudioFeatures, SpeechEncoder
 from facefab.operators.base import RunContext
-from facefab.operators.flow import RAFT_UNAVAILABLE, OpticalFlow, load_flow
-from facefab.operators.io import read_audio, read_frames, write_audio, write_video
-from facefab.operators.parsing import LABELS, FaceParsing, mouth_open_ratio
-from facefab.operators.quality import QualityFilter, QualityScores, av_sync_score
+from facefab.operators.flow import OpticalFlow
+from facefab.operators.parsing import FaceParsing
+from facefab.operators.quality import QualityFilter, QualityScores
 from facefab.pipelines.engine import run_local
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

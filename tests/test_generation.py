@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from facefab.operators.generation import (
-    CheckpointError,
-    blend_windows,
-    load_model,
-    resolve_checkpoint,
-    window_spans,
-)
-from facefab.operators.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
-from facefab.operators.mytalk.training import MyTalkMotionSystem, MyTalkRenderSystem
+from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
+from facefab.models.shared.windows import blend_windows, window_spans
+from facefab.models.weights import CheckpointError, load_model, resolve_checkpoint
+from facefab.training.mytalk import MyTalkMotionSystem, MyTalkRenderSystem
 
 S = 128  # crop side of the test "aligned" crops
 N_FRAMES = 16
@@ -138,11 +133,11 @@ def track(shared_data, tmp_path_factory):
     speech from speech_hallo1.wav, AudioFeatures-style .npz."""
     import cv2
 
+    from facefab.audio.features import log_mel, mel_windows
+    from facefab.face.mesh import FaceMesher
     from facefab.manifests.io import rows_to_table, write_table
-    from facefab.operators.arrays import save_npz
-    from facefab.operators.audio_features import log_mel, mel_windows
-    from facefab.operators.io import read_audio, read_frames, write_video
-    from facefab.operators.landmarks import FaceMesher
+    from facefab.media import read_audio, read_frames, write_video
+    from facefab.media.arrays import save_npz
 
     root = tmp_path_factory.mktemp("track")
     source = read_frames(str(shared_data / "videos" / "drive_d6.mp4"), start=2.0, end=2.0 + N_FRAMES / FPS)
@@ -218,8 +213,8 @@ def test_render_system_samples_and_overfit(track):
 
 
 def test_pipeline_on_real_crops_changes_only_the_mouth(track, tmp_path):
-    from facefab.operators.io import read_frames
-    from facefab.operators.mytalk.inference import audio_mel_windows
+    from facefab.media import read_frames
+    from facefab.models.mytalk.pipeline import audio_mel_windows
 
     out_dir = str(tmp_path / "mytalk")
     for system in (MyTalkMotionSystem(tiny=True), MyTalkRenderSystem(tiny=True)):
@@ -241,46 +236,66 @@ def test_pipeline_on_real_crops_changes_only_the_mouth(track, tmp_path):
     assert np.array_equal(pipe(crops, track["crop_landmarks"], mel), out.frames)
 
 
-def test_mytalk_dub_operator_end_to_end(track, tmp_path):
+@pytest.fixture(scope="module")
+def short_pair(shared_data, tmp_path_factory):
+    """1.2 s of drive_d6 at 256 px and 1.2 s of other speech: the smallest real dub job."""
+    from facefab.media import read_audio, read_frames, write_audio, write_video
+
+    folder = tmp_path_factory.mktemp("pair")
+    video, audio = str(folder / "v.mp4"), str(folder / "a.wav")
+    write_video(video, read_frames(str(shared_data / "videos" / "drive_d6.mp4"), start=3.0, end=4.2,
+                                   size=(256, 256)), 30.0)
+    write_audio(audio, read_audio(str(shared_data / "audio" / "speech_hallo1.wav"), start=1.0, end=2.2), 16000)
+    return video, audio
+
+
+def _implemented_generators() -> list[str]:
+    from facefab.models import registry
+
+    return ["weightfree"] + [s.name for s in registry.GENERATORS.values() if s.status == "implemented"]
+
+
+@pytest.mark.parametrize("name", _implemented_generators())
+def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_pair, tmp_path, monkeypatch):
+    """Every registered generator (and the weight-free default) runs through its task's pipeline on a
+    short real clip, and what it writes carries the container tag and the invisible watermark."""
+    from facefab.media import read_frames, read_metadata
+    from facefab.media.provenance import detect_watermark, read_tag
+    from facefab.models import registry
     from facefab.operators.base import RunContext
-    from facefab.operators.io import probe
-    from facefab.operators.mytalk import MyTalkDub
-
-    ckpt = str(tmp_path / "ckpt")
-    for system in (MyTalkMotionSystem(tiny=True), MyTalkRenderSystem(tiny=True)):
-        system.export(system.build_model(system.default_config()), ckpt)
-    row = {**track["row"], "status": "ok",
-           "audio_uri": str(track["root"].parents[0] / "speech.wav")}
-    from facefab.operators.io import write_audio
-
-    write_audio(row["audio_uri"], track["audio"], 16000)
-    op = MyTalkDub({"checkpoint": ckpt, "device": "cpu", "window": 8, "overlap": 3}, RunContext(str(tmp_path / "out")))
-    (result,) = op.apply(row)
-    assert result["status"] == "ok", result.get("error")
-    info = probe(result["out_uri"])
-    assert info.num_frames == N_FRAMES and info.has_audio and (info.width, info.height) == (480, 480)
-
-
-def test_dub_operator_without_checkpoint_fails_clearly(monkeypatch):
-    from facefab.operators.mytalk import MyTalkDub
+    from facefab.pipelines import dub
+    from facefab.pipelines.engine import run_local
 
     monkeypatch.delenv("FACEFAB_CHECKPOINT_MYTALK", raising=False)
-    row = {"id": "x", "video_uri": "v.mp4", "fps": 25.0, "crop_uri": "c.mp4", "frames_uri": "f.parquet",
-           "audio_uri": "a.wav"}
-    (result,) = MyTalkDub().apply(row)
-    assert result["status"] == "failed" and "FACEFAB_CHECKPOINT_MYTALK" in json.loads(result["error"])["message"]
+    checkpoint = None
+    if name != "weightfree":
+        spec = registry.get(name)
+        assert spec.task == "dub", f"add {spec.task}'s pipeline to this test"
+        assert registry.load_operator(name) is dub.LipSync
+        checkpoint = str(tmp_path / "ckpt")
+        for system in (MyTalkMotionSystem(tiny=True), MyTalkRenderSystem(tiny=True)):
+            system.export(system.build_model(system.default_config()), checkpoint)
+    config = dub.DubConfig(model=name, checkpoint=checkpoint, score=False, device="cpu")
+    video, audio = short_pair
+    (row,) = run_local(dub.build_operators(config), dub.dub_inputs(video=video, audio=audio),
+                       RunContext(str(tmp_path / "out")))
+    assert row["status"] == "ok", row["error"]
+    assert row["model"] == name
+    tag = read_tag(read_metadata(row["out_uri"]))
+    assert tag is not None and tag["facefab:model"] == name
+    assert detect_watermark(read_frames(row["out_uri"])[:30]).found
 
 
 # -- registry and `facefab models` ----------------------------------------------------------------------------
 
 def test_registry_and_models_command(monkeypatch, capsys):
     from facefab.jobs.commands import models
-    from facefab.operators import registry
+    from facefab.models import registry
 
     assert len(registry.GENERATORS) == 10
     assert {s.task for s in registry.GENERATORS.values()} == set(registry.TASKS)
     assert registry.get("mytalk").status == "implemented" and registry.get("hallo").status == "planned"
-    assert registry.load_operator("mytalk").__name__ == "MyTalkDub"
+    assert registry.load_operator("mytalk").__name__ == "LipSync"
     monkeypatch.delenv("FACEFAB_CHECKPOINT_MYTALK", raising=False)
     assert not registry.checkpoint_configured("mytalk")
     assert registry.checkpoint_configured("mytalk", {"models": {"mytalk": {"checkpoint": "s3://b/m"}}})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from facefab.jobs.spec import CONFIG_PLACEHOLDER, load_spec, materialized_argv, parse_spec, spec_to_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,7 +361,7 @@ def test_local_stack():
 
 
 def test_every_spec_expands_to_a_real_command(cli):
-    from facefab.pipelines.train import SYSTEMS
+    from facefab.training.runtime import SYSTEMS
 
     parser = cli.build_parser()
     kinds = set()

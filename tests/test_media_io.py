@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from facefab.operators.io import (
+from facefab.media import (
     MediaError,
     iter_frames,
     local_path,
@@ -115,7 +115,7 @@ def test_iter_frames_chunks(d0):
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_large_frames_decode_in_chunks_under_the_byte_cap(shared_data, backend):
-    from facefab.operators.io.media import DECODE_CHUNK_BYTES
+    from facefab.media.io import DECODE_CHUNK_BYTES
 
     big = str(shared_data / "videos" / "talk_yongen.mp4")  # 704x1216: 2.5 MB per RGB frame
     chunks = list(iter_frames(big, end=1.5, chunk=128, backend=backend))

@@ -18,11 +18,12 @@ import torch
 
 from facefab.jobs.cli import main
 from facefab.manifests import read_manifest
-from facefab.operators.io import probe, read_audio, read_frames, write_video
-from facefab.operators.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
-from facefab.operators.mytalk.inference import read_track, save_pipeline_part, to_crop_coords
-from facefab.operators.mytalk.training import MyTalkMotionSystem, MyTalkRenderSystem, clip_mel_windows
-from facefab.pipelines.train import (
+from facefab.media import probe, read_audio, read_frames, write_video
+from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
+from facefab.models.mytalk.pipeline import save_pipeline_part
+from facefab.operators.track_row import read_frame_table
+from facefab.training.mytalk import MyTalkMotionSystem, MyTalkRenderSystem, clip_mel_windows
+from facefab.training.runtime import (
     TrainConfig,
     _merge_upload_dir,
     configure_system,
@@ -129,10 +130,10 @@ def test_e2e_shared_export_holds_both_trained_stages(trained, data_root):
 
     # and it generates differently from freshly initialised models of the same config
     row = next(r for r in read_manifest(data_root).to_pylist())
-    track = read_track(row["frames_uri"])
+    track = read_frame_table(row["frames_uri"])
     n = 24
     crops = read_frames(row["crop_uri"])[:n]
-    landmarks = to_crop_coords(track.landmarks[:n], track.inverse[:n])
+    landmarks = track.landmarks_in_crop()[:n]
     mel = clip_mel_windows(row, None, track.frame_index[:n], pipe.motion.config.mel_window)
     torch.manual_seed(0)
     fresh = MyTalkPipeline(MyTalkMotion(**tiny()["motion"]), MyTalkRenderer(**tiny()["renderer"]), window=20, overlap=5)
@@ -143,7 +144,7 @@ def test_e2e_shared_export_holds_both_trained_stages(trained, data_root):
 
 @pytest.mark.slow
 def test_e2e_dub_loads_the_trained_checkpoint(trained, dubbed):
-    from facefab.operators.provenance import verify_file
+    from facefab.media.provenance import verify_file
 
     row = dubbed
     assert row["status"] == "ok", row["error"]

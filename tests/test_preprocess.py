@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from facefab.face.flow import load_flow
 from facefab.jobs.cli import main
 from facefab.manifests import read_manifest
 from facefab.manifests.storage import open_fs, read_bytes
-from facefab.operators.arrays import load_npz
-from facefab.operators.flow import load_flow
-from facefab.operators.io import probe, write_video
+from facefab.media import probe, write_video
+from facefab.media.arrays import load_npz
 from facefab.pipelines.report import build_report
 
 REPO_SAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "samples"

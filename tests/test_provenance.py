@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from facefab.jobs.commands import verify as verify_cmd
-from facefab.operators import provenance as prov
-from facefab.operators.io import MediaError, read_frames, read_metadata, write_video
+from facefab.media import MediaError, read_frames, read_metadata, write_video
+from facefab.media import provenance as prov
 
 REPO = Path(__file__).resolve().parents[1]
 N_FRAMES = 50

@@ -21,8 +21,8 @@ import torch
 
 from facefab.manifests.io import ManifestWriter, new_run_id, write_table
 from facefab.manifests.storage import join_uri
-from facefab.operators.io.media import read_audio, read_frames, write_video
-from facefab.pipelines.train import (
+from facefab.media.io import read_audio, read_frames, write_video
+from facefab.training.runtime import (
     TrainConfig,
     configure_system,
     deepspeed_config,
@@ -73,7 +73,7 @@ def _snapshot_steps(run_dir: Path) -> list[int]:
 
 
 def _tiny_model_from_checkpoint(folder: Path):
-    from facefab.operators.facevid2vid import FaceVid2VidModel
+    from facefab.models.facevid2vid import FaceVid2VidModel
 
     model = FaceVid2VidModel.tiny()
     state = torch.load(folder / "deepspeed" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
@@ -146,7 +146,7 @@ def test_zero2_run_killed_after_first_checkpoint_resumes_from_it(train_root, tmp
     assert _snapshot_steps(run_dir)[-1] == max_steps and len(_snapshot_steps(run_dir)) <= 2  # num_to_keep
 
     # the export is the trained model: same output as the final checkpoint's weights
-    from facefab.operators.facevid2vid import FaceVid2VidModel
+    from facefab.models.facevid2vid import FaceVid2VidModel
 
     exported = FaceVid2VidModel.from_pretrained(str(run_dir / "export")).eval()
     trained = _tiny_model_from_checkpoint(final)
@@ -178,7 +178,7 @@ def test_checkpoints_and_export_on_s3_and_resume_there(train_root, s3_root, ray_
         assert name in files
     assert summary["export_uri"] == f"{root}/{summary['run_name']}/export"
 
-    from facefab.operators.facevid2vid import FaceVid2VidModel
+    from facefab.models.facevid2vid import FaceVid2VidModel
 
     fs.get(f"{run}/export/", str(tmp_path / "export") + "/", recursive=True)
     assert FaceVid2VidModel.from_pretrained(str(tmp_path / "export")).config.image_size == 64
@@ -194,7 +194,7 @@ def test_checkpoints_and_export_on_s3_and_resume_there(train_root, s3_root, ray_
 # -- single process: learning and the export round trip ----------------------------------------------
 
 def test_facevid2vid_learns_heldout_psnr_up_and_export_round_trips(train_root, tmp_path):
-    from facefab.operators.facevid2vid import FaceVid2VidModel
+    from facefab.models.facevid2vid import FaceVid2VidModel
 
     cfg = TrainConfig(**{**TINY, "workers": 1})
     system = load_system("facevid2vid")

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 
-from facefab.jobs.config import add_config_flags, build_config
-
+from ..config import add_config_flags, build_config
 
 HELP = "lip-sync videos to new audio tracks (manifest of video/audio pairs)"
 
 
 def add_parser(sub) -> None:
-    from facefab.jobs.cli import add_run_args
-    from facefab.pipelines.dub import DubConfig
+    from facefab.operators.dub import DubConfig
+
+    from ..cli import add_run_args
 
     p = sub.add_parser("dub", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import join_uri, storage_options_from_env
     from facefab.operators.base import RunContext
-    from facefab.pipelines.dub import DubConfig, build_operators, dub_inputs, run_dub
+    from facefab.operators.dub import DubConfig
+    from facefab.pipelines.dub import build_operators, dub_inputs, run_dub
 
     config = build_config(DubConfig, args, args.config)
     build_operators(config)  # fail fast on a bad setting, before Ray starts

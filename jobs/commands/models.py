@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 HELP = "list the generators, their inputs and configured checkpoints"
 
 
@@ -34,7 +33,7 @@ def _load_config(path: str | None) -> dict:
 
 
 def rows(config: dict | None = None) -> list[dict]:
-    from facefab.operators.registry import GENERATORS, checkpoint_for, env_var
+    from facefab.models.registry import GENERATORS, checkpoint_for, env_var
 
     out = []
     for spec in GENERATORS.values():

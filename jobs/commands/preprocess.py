@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 
-from facefab.jobs.config import add_config_flags, build_config
-
+from ..config import add_config_flags, build_config
 
 HELP = ("raw videos -> clips, face tracks, landmarks, pose, masks, audio features, flow, "
         "quality scores")
 
 
 def add_parser(sub) -> None:
-    from facefab.jobs.cli import add_run_args
     from facefab.pipelines.preprocess import PreprocessConfig
+
+    from ..cli import add_run_args
 
     p = sub.add_parser("preprocess", help=HELP, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-
 HELP = "HTML report of a preprocess root"
 
 
 def add_parser(sub) -> None:
-    from facefab.jobs.cli import add_storage_args
+    from ..cli import add_storage_args
 
     p = sub.add_parser("report", help=HELP, description=__doc__)
     p.add_argument("root", metavar="ROOT")

@@ -17,7 +17,6 @@ import argparse
 import shlex
 import sys
 
-
 HELP = "run a job spec (YAML): preprocess, dub or train"
 
 
@@ -31,14 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facefab.jobs.spec import (
-        CONFIG_PLACEHOLDER,
-        config_yaml,
-        load_spec,
-        materialized_argv,
-        redact_argv,
-        spec_to_argv,
-    )
+    from ..spec import CONFIG_PLACEHOLDER, config_yaml, load_spec, materialized_argv, redact_argv, spec_to_argv
 
     spec = load_spec(args.spec)  # ValueError / FileNotFoundError: one clear line from cli.main
     verbose = ["-v"] * int(getattr(args, "verbose", 0) or 0)
@@ -49,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             print(config_yaml(spec), end="")
         return 0
 
-    from facefab.jobs.cli import main
+    from ..cli import main
 
     with materialized_argv(spec) as argv:
         print(f"facefab run {args.spec}: facefab {shlex.join([*verbose, *redact_argv(argv)])}",

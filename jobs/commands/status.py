@@ -9,12 +9,11 @@ from collections import Counter
 from facefab.manifests.io import read_manifest
 from facefab.manifests.storage import exists, join_uri, read_bytes, storage_options_from_env
 
-
 HELP = "counts by status and the errors of a run root"
 
 
 def add_parser(sub) -> None:
-    from facefab.jobs.cli import add_storage_args
+    from ..cli import add_storage_args
 
     p = sub.add_parser("status", help=HELP,
                        description=__doc__)

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facefab.jobs.config import add_config_flags, build_config
-
+from ..config import add_config_flags, build_config
 
 HELP = "train a generator with Ray Train + DeepSpeed (resumable)"
 
 
 def add_parser(sub) -> None:
-    from facefab.pipelines.train import SYSTEMS, TrainConfig
+    from facefab.training.runtime import SYSTEMS, TrainConfig
 
     p = sub.add_parser("train", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +37,7 @@ def add_parser(sub) -> None:
 
 
 def _add_arguments(p: argparse.ArgumentParser, systems, config_cls) -> None:
-    from facefab.jobs.cli import add_storage_args
+    from ..cli import add_storage_args
 
     p.add_argument("system", metavar="SYSTEM", help="one of: " + ", ".join(systems))
     p.add_argument("--data", required=True, metavar="ROOT", help="preprocess output root (local or s3://)")
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from facefab.manifests.storage import storage_options_from_env
-    from facefab.pipelines.train import TrainConfig, run_training, summary_line, validate
+    from facefab.training.runtime import TrainConfig, run_training, summary_line, validate
 
     config = build_config(TrainConfig, args, args.config)
     config = dataclasses.replace(config, system=args.system)

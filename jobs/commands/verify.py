@@ -14,12 +14,11 @@ import sys
 
 from facefab.manifests.storage import storage_options_from_env
 
-
 HELP = "check a video for facefab's synthetic tag, watermark and C2PA credential"
 
 
 def add_parser(sub) -> None:
-    from facefab.jobs.cli import add_storage_args
+    from ..cli import add_storage_args
 
     p = sub.add_parser("verify", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from facefab.operators.provenance import DEFAULT_PAYLOAD, ENV_TRUST
+    from facefab.media.provenance import DEFAULT_PAYLOAD, ENV_TRUST
 
     p.add_argument("file", metavar="FILE", help="video file: local path or fsspec URI (s3://...)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -44,8 +43,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facefab.operators.io.media import MediaError
-    from facefab.operators.provenance import DEFAULT_PAYLOAD, verify_file
+    from facefab.media.io import MediaError
+    from facefab.media.provenance import DEFAULT_PAYLOAD, verify_file
 
     expect = getattr(args, "expect", DEFAULT_PAYLOAD) or None
     bits = getattr(args, "payload_bits", None) or 8 * len((expect or DEFAULT_PAYLOAD).encode("utf-8"))

@@ -88,9 +88,9 @@ log = logging.getLogger(__name__)
 
 # name -> "module:Class", imported on use so a missing optional system fails only when asked for
 SYSTEMS: dict[str, str] = {
-    "facevid2vid": "facefab.operators.facevid2vid.training:FaceVid2VidSystem",
-    "mytalk-motion": "facefab.operators.mytalk.training:MyTalkMotionSystem",
-    "mytalk-render": "facefab.operators.mytalk.training:MyTalkRenderSystem",
+    "facevid2vid": "facefab.training.facevid2vid:FaceVid2VidSystem",
+    "mytalk-motion": "facefab.training.mytalk:MyTalkMotionSystem",
+    "mytalk-render": "facefab.training.mytalk:MyTalkRenderSystem",
 }
 
 STRATEGIES = ("deepspeed", "ddp")
@@ -719,7 +719,7 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from facefab.pipelines.engine import init_ray
+    from facefab.operators.runtime import init_ray
 
     init_ray(progress=progress)
     if not os.environ.get("RAY_ADDRESS"):

@@ -27,29 +27,10 @@ import cv2
 import numpy as np
 import torch
 
-from facefab.operators.base import OperatorError
-from facefab.operators.generation import (
-    CheckpointError,
-    GeneratorOperator,
-    blend_windows,
-    load_model,
-    resolve_checkpoint,
-    window_spans,
-)
-from facefab.operators.mytalk.motion import (
-    MOTION_POINTS,
-    MyTalkMotion,
-    fill_missing,
-    normalised_68,
-    pick_frames,
-)
-from facefab.operators.mytalk.renderer import (
-    MyTalkRenderer,
-    frame_inputs,
-    lip_box,
-    to_model_inputs,
-    warp_box,
-)
+from ..shared.windows import blend_windows, window_spans
+from ..weights import CheckpointError, load_model, resolve_checkpoint
+from .motion import MOTION_POINTS, MyTalkMotion, fill_missing, normalised_68, pick_frames
+from .renderer import MyTalkRenderer, frame_inputs, lip_box, to_model_inputs, warp_box
 
 log = logging.getLogger(__name__)
 
@@ -59,46 +40,11 @@ INDEX_FILE = "model_index.json"
 SAMPLE_RATE = 16000
 
 
-# -- data helpers (shared with training) -------------------------------------------------------------
-
-@dataclass
-class Track:
-    frame_index: np.ndarray  # (T,) frame numbers within the clip
-    landmarks: np.ndarray  # (T, 478, 3) source-frame pixels, NaN where not found
-    inverse: np.ndarray  # (T, 2, 3) crop -> frame affine
-
-
-def read_track(frames_uri: str, storage_options: dict | None = None) -> Track:
-    """The per-frame table of a preprocessed track (frame_table.WriteFrameFeatures)."""
-    from facefab.manifests.io import read_table
-
-    rows = sorted(read_table(frames_uri, storage_options).select(
-        ["frame_index", "landmarks", "inverse_transform"]).to_pylist(), key=lambda r: r["frame_index"])
-    if not rows:
-        raise OperatorError(f"{frames_uri} has no frames")
-    if any(r["inverse_transform"] is None for r in rows):
-        raise OperatorError(f"{frames_uri}: some frames have no inverse_transform (run align_crop)")
-    nan = np.full(478 * 3, np.nan, np.float32)
-    landmarks = np.stack([np.asarray(r["landmarks"] if r["landmarks"] is not None else nan, np.float32)
-                          for r in rows]).reshape(len(rows), -1, 3)
-    inverse = np.asarray([r["inverse_transform"] for r in rows], np.float32).reshape(-1, 2, 3)
-    return Track(np.asarray([r["frame_index"] for r in rows], np.int64), landmarks, inverse)
-
-
-def to_crop_coords(landmarks: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """(T,N,3) source-pixel landmarks -> crop pixels through the inverse of each crop->frame affine
-    (z scaled like x, y)."""
-    out = np.empty_like(landmarks, dtype=np.float32)
-    for t, (points, inv) in enumerate(zip(landmarks, inverse)):
-        affine = cv2.invertAffineTransform(inv.astype(np.float64))
-        out[t, :, :2] = points[:, :2] @ affine[:, :2].T + affine[:, 2]
-        out[t, :, 2] = points[:, 2] * np.sqrt(abs(np.linalg.det(affine[:, :2])))
-    return out
-
+# -- audio features (shared with training) -------------------------------------------------------------
 
 def audio_mel_windows(audio: np.ndarray, n_frames: int, fps: float, mel_window: int) -> np.ndarray:
     """(T, mel_window, 80) log-mel windows of 16 kHz mono audio for T video frames (AudioFeatures defaults)."""
-    from facefab.operators.audio_features import fit_audio, frame_sample_bounds, log_mel, mel_windows
+    from facefab.audio.features import fit_audio, frame_sample_bounds, log_mel, mel_windows
 
     audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
     mel = log_mel(audio)
@@ -239,71 +185,6 @@ def _update_index(root: str, part: str, model) -> None:
     if os.path.exists(path):
         with open(path) as f:
             index.update(json.load(f))
-    index[part] = ["facefab.operators.mytalk", type(model).__name__]
+    index[part] = ["facefab.models.mytalk", type(model).__name__]
     with open(path, "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)
-
-
-# -- the operator ---------------------------------------------------------------------------------------
-
-class MyTalkDub(GeneratorOperator):
-    """Dub one preprocessed face track with new speech.
-
-    Row: the track's `video_uri`, `start`, `fps`, `crop_uri` (aligned crops), `frames_uri` (per-frame
-    landmarks and crop->frame transforms) and the new `audio_uri`. Writes the track's frames with the
-    re-drawn lips pasted back through the inverse alignment and the new audio (cut or padded to the
-    track's length) to `out_uri`.
-    """
-
-    name = "mytalk_dub"
-    version = "1"
-    model_name = "mytalk"
-    inputs = ("video_uri", "fps", "crop_uri", "frames_uri", "audio_uri")
-    outputs = ("out_uri",)
-
-    @dataclass
-    class Config(GeneratorOperator.Config):
-        batch_size: int = 8  # frames per renderer batch
-        crf: int = 18
-
-    def load(self, checkpoint: str) -> MyTalkPipeline:
-        c = self.config
-        return MyTalkPipeline.from_pretrained(checkpoint, self.ctx.storage_options, device=self.device,
-                                              dtype=self.dtype, cache_dir=c.cache_dir, window=c.window,
-                                              overlap=c.overlap, batch_size=c.batch_size)
-
-    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.operators.clipframes import clip_frames
-        from facefab.operators.io import read_audio, read_frames, write_video
-
-        opts = self.ctx.storage_options
-        fps = float(row["fps"])
-        track = read_track(row["frames_uri"], opts)
-        crops = read_frames(row["crop_uri"], storage_options=opts)
-        frames = clip_frames(row, storage_options=opts)
-        n = min(len(crops), len(track.frame_index))
-        if n == 0 or track.frame_index[n - 1] >= len(frames):
-            raise OperatorError(f"track frames do not fit the {len(frames)} decoded frames of the clip")
-        frames = frames[track.frame_index[:n]]
-        audio = read_audio(row["audio_uri"], sample_rate=SAMPLE_RATE, storage_options=opts)
-        mel = audio_mel_windows(audio, n, fps, self.model.motion.config.mel_window)
-        landmarks = to_crop_coords(track.landmarks[:n], track.inverse[:n])
-        out = self.model.generate(crops[:n], landmarks, mel)
-        pasted = self.paste_crops(frames, out.frames, track.inverse[:n], out.alpha)
-        uri = self.ctx.artifact_uri("dub", row["id"], ".mp4")
-        write_video(uri, pasted, fps, audio=audio[: round(n / fps * SAMPLE_RATE)], audio_rate=SAMPLE_RATE,
-                    crf=self.config.crf, storage_options=opts)
-        return {"out_uri": uri}
-
-
-__all__ = [
-    "MyTalkDub",
-    "MyTalkOutput",
-    "MyTalkPipeline",
-    "Track",
-    "audio_mel_windows",
-    "paste_box",
-    "read_track",
-    "save_pipeline_part",
-    "to_crop_coords",
-]

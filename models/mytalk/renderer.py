@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
 
-from facefab.operators.mytalk.motion import INNER_LIPS, JAW, OUTER_LIPS
+from .motion import INNER_LIPS, JAW, OUTER_LIPS
 
 SKETCH_CHANNELS = 3
 MASK_POINTS = np.r_[4:13, 17:37]  # K-subset indices: jaw 4-12 (mouth corners down to the chin) + all lips

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from facefab.manifests.storage import open_fs
-from facefab.operators.io import read_frames, resize_frames
+
+from . import read_frames, resize_frames
 
 MAX_ENTRIES = 2
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -43,12 +44,6 @@ def _identity(uri: str, storage_options: dict[str, Any] | None) -> tuple:
     info = fs.info(path)
     return info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")
 
-
-def clip_frames(row: dict[str, Any], *, size: tuple[int, int] | None = None,
-                storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """(T,H,W,3) uint8 RGB frames of `row` (video_uri, start, end at fps), rotation applied."""
-    return cached_frames(row["video_uri"], fps=row.get("fps"), start=row.get("start"), end=row.get("end"),
-                         size=size, storage_options=storage_options)
 
 
 def clear() -> None:

@@ -30,15 +30,16 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from facefab.operators.align import umeyama_similarity
-from facefab.operators.faces import moving_average
-from facefab.operators.parsing import (
+
+from facefab.face.alignment import umeyama_similarity
+from facefab.face.parsing import (
     LOWER_INNER_LIP,
     MOUTH_CORNERS_INNER,
     MOUTH_CORNERS_OUTER,
     UPPER_INNER_LIP,
     UPPER_OUTER_LIP,
 )
+from facefab.face.smoothing import moving_average
 
 LOWER_OUTER_LIP = 17
 SUBNASALE = 2

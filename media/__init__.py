@@ -1,6 +1,8 @@
-"""Media IO: the only place in facefab that decodes or encodes audio/video (see media.py)."""
+"""Media: the only place in facefab that decodes, encodes or muxes audio/video (io.py); the
+per-process frame cache (frame_cache.py); numpy artifact IO (arrays.py); provenance of generated
+files: synthetic tag, invisible watermark, C2PA (provenance.py)."""
 
-from facefab.operators.io.media import (
+from .io import (
     MediaError,
     MediaInfo,
     iter_frames,

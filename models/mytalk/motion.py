@@ -27,7 +27,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
 
-from facefab.operators.landmarks import MEDIAPIPE_TO_68
+from facefab.face.mesh import MEDIAPIPE_TO_68
 
 MOTION_POINTS = np.r_[0:17, 48:68]  # iBUG-68 indices of the K predicted points
 MOTION_MEDIAPIPE = MEDIAPIPE_TO_68[MOTION_POINTS]  # the same points as MediaPipe 478 indices

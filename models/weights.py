@@ -18,20 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import posixpath
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import Any
 
 from facefab.manifests.storage import is_local, local_path_of, open_fs
-from facefab.operators.base import Operator, OperatorError, Resources
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +38,7 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16"
            "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
-class CheckpointError(OperatorError, ValueError):
+class CheckpointError(ValueError):
     """A checkpoint folder is missing, empty, or holds only weights we refuse to load."""
 
 
@@ -169,121 +164,3 @@ def load_model(cls, uri: str, storage_options: dict[str, Any] | None = None, dev
     dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
     model = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     return model.to(device=device, dtype=dtype).eval()
-
-
-# -- temporal windows --------------------------------------------------------------------------------
-
-def window_spans(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) spans of length `window` covering range(n), consecutive ones sharing at least
-    `overlap` frames: the fewest windows that do, spread evenly from 0 to n (so the extra overlap is
-    shared out instead of piling up at the end). n <= window gives one span (0, n)."""
-    if window <= 0:
-        raise ValueError(f"window must be positive, got {window}")
-    if not 0 <= overlap < window:
-        raise ValueError(f"overlap must be in [0, window), got overlap={overlap}, window={window}")
-    if n <= window:
-        return [(0, n)] if n > 0 else []
-    count = math.ceil((n - overlap) / (window - overlap))
-    starts = np.round(np.linspace(0, n - window, count)).astype(int)
-    return [(int(s), int(s) + window) for s in starts]
-
-
-def blend_windows(n: int, spans: Sequence[tuple[int, int]], outputs: Sequence[Any]) -> np.ndarray:
-    """Join per-span outputs ((end-start, ...) arrays) into one (n, ...) array.
-
-    Each span's frames are weighted by a triangle over the span (k + 0.5 frames from its nearer end)
-    and every frame is normalised by its total weight. Where two spans share m frames their weights
-    sum to m, so the result is a linear cross-fade over the shared frames, no jump at window
-    boundaries; frames covered by a single span are that span's output.
-    """
-    if len(spans) != len(outputs):
-        raise ValueError(f"{len(spans)} spans but {len(outputs)} outputs")
-    if not spans:
-        raise ValueError("nothing to blend")
-    outputs = [np.asarray(o) for o in outputs]
-    acc = np.zeros((n, *outputs[0].shape[1:]), np.float64)
-    total = np.zeros(n, np.float64)
-    for i, ((start, end), out) in enumerate(zip(spans, outputs)):
-        if out.shape[0] != end - start:
-            raise ValueError(f"output {i} has {out.shape[0]} frames for span [{start}, {end})")
-        k = np.arange(end - start)
-        w = np.minimum(k + 0.5, end - start - k - 0.5)
-        acc[start:end] += w.reshape(-1, *([1] * (out.ndim - 1))) * out
-        total[start:end] += w
-    if np.any(total == 0):
-        raise ValueError(f"spans do not cover all {n} frames")
-    return (acc / total.reshape(-1, *([1] * (acc.ndim - 1)))).astype(np.result_type(outputs[0].dtype, np.float32))
-
-
-# -- the operator base ---------------------------------------------------------------------------------
-
-class GeneratorOperator(Operator):
-    """Base of generator operators: an actor per model replica, weights loaded once in `setup()`.
-
-    Subclasses set `model_name` (the registry name) and implement `load(checkpoint_dir_or_uri)`
-    returning the ready model (use `self.device`, `self.dtype`, `load_model`), plus `process_row`.
-    The checkpoint comes from `Config.checkpoint`, else $FACEFAB_CHECKPOINT_<NAME>; without one,
-    `load_default()` gives the weight-free default, or the row fails with a clear error.
-    """
-
-    stateful = True
-    model_name: ClassVar[str] = ""
-    default_resources = Resources(num_cpus=0.5, num_gpus=1.0)  # GPUs only requested when the cluster has them
-
-    @dataclass
-    class Config:
-        checkpoint: str | None = None  # local folder or s3://... of a save_pretrained checkpoint
-        dtype: str = "auto"  # auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
-        device: str = "auto"  # auto: the actor's GPU when it has one, else CPU
-        window: int = 50  # frames per temporal window
-        overlap: int = 10  # frames shared by consecutive windows, cross-faded
-        cache_dir: str | None = None  # download cache for remote checkpoints
-
-    def setup(self) -> None:
-        self.device = pick_device(self.config.device)
-        self.dtype = pick_dtype(self.config.dtype, self.device)
-        window_spans(self.config.window + 1, self.config.window, self.config.overlap)  # validate early
-        checkpoint = self.checkpoint_uri()
-        self.model = self.load(checkpoint) if checkpoint else self.load_default()
-
-    def checkpoint_uri(self) -> str | None:
-        from facefab.operators.registry import checkpoint_for
-
-        return self.config.checkpoint or (checkpoint_for(self.model_name) if self.model_name else None)
-
-    def load(self, checkpoint: str) -> Any:
-        raise NotImplementedError
-
-    def load_default(self) -> Any:
-        from facefab.operators.registry import env_var
-
-        raise OperatorError(f"{self.name}: no checkpoint configured (set {type(self).__name__}.Config.checkpoint "
-                            f"or ${env_var(self.model_name)}) and {self.model_name} has no weight-free default")
-
-    @staticmethod
-    def paste_crops(frames: np.ndarray, crops: np.ndarray, inverse: np.ndarray,
-                    masks: np.ndarray | None = None) -> np.ndarray:
-        """Paste aligned crops (T,S,S,3) back into frames (T,H,W,3) through the crop->frame affines
-        (T,2,3) from preprocessing; `masks` (T,S,S) in [0,1] limit the pasted area (default: the
-        whole crop, feathered)."""
-        from facefab.operators.align import paste_back
-
-        if not len(frames) == len(crops) == len(inverse):
-            raise ValueError(f"{len(frames)} frames, {len(crops)} crops, {len(inverse)} transforms")
-        out = np.empty_like(frames)
-        for t in range(len(frames)):
-            out[t] = paste_back(frames[t], crops[t], inverse[t], None if masks is None else masks[t])
-        return out
-
-
-__all__ = [
-    "CheckpointError",
-    "GeneratorOperator",
-    "blend_windows",
-    "check_weight_files",
-    "load_model",
-    "pick_device",
-    "pick_dtype",
-    "resolve_checkpoint",
-    "window_spans",
-]

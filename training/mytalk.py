@@ -39,17 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from facefab.operators.mytalk.config import motion_config, paper, render_config, tiny
-from facefab.operators.mytalk.inference import (
+from facefab.models.mytalk.config import motion_config, paper, render_config, tiny
+from facefab.models.mytalk.motion import MOTION_POINTS, MyTalkMotion, fill_missing, motion_loss, normalised_68
+from facefab.models.mytalk.pipeline import (
     MOTION_FOLDER,
     RENDERER_FOLDER,
     audio_mel_windows,
-    read_track,
     save_pipeline_part,
-    to_crop_coords,
 )
-from facefab.operators.mytalk.motion import MOTION_POINTS, MyTalkMotion, fill_missing, motion_loss, normalised_68
-from facefab.operators.mytalk.renderer import (
+from facefab.models.mytalk.renderer import (
     MyTalkRenderer,
     feather_px,
     frame_inputs,
@@ -58,6 +56,7 @@ from facefab.operators.mytalk.renderer import (
     to_model_inputs,
     warp_box,
 )
+from facefab.operators.track_row import read_frame_table
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def _configure(system, model_config: dict | None, stage: str, options: dict | No
 def _fps(row: dict, storage_options: dict | None) -> float:
     if row.get("fps"):
         return float(row["fps"])
-    from facefab.operators.io import probe
+    from facefab.media import probe
 
     return float(probe(row["crop_uri"], storage_options).fps)
 
@@ -107,12 +106,12 @@ def clip_points(row: dict, storage_options: dict | None,
                 crop_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(T,68,2) normalised crop landmarks (missing frames interpolated), valid (T,) and the clip
     frame numbers (T,) of a row's track."""
-    track = read_track(row["frames_uri"], storage_options)
+    track = read_frame_table(row["frames_uri"], storage_options)
     if crop_size is None:
-        from facefab.operators.io import probe
+        from facefab.media import probe
 
         crop_size = int(row.get("crop_size") or probe(row["crop_uri"], storage_options).width)
-    points, valid = fill_missing(normalised_68(to_crop_coords(track.landmarks, track.inverse), crop_size))
+    points, valid = fill_missing(normalised_68(track.landmarks_in_crop(row["frames_uri"]), crop_size))
     return points, valid, track.frame_index
 
 
@@ -121,13 +120,13 @@ def clip_mel_windows(row: dict, storage_options: dict | None, frame_index: np.nd
     audio_features_uri (per clip frame, re-centred to W), else from the crop video's own audio."""
     context = (mel_window - 1) // 2
     if row.get("audio_features_uri"):
-        from facefab.operators.arrays import load_npz
+        from facefab.media.arrays import load_npz
 
         feats = load_npz(row["audio_features_uri"], storage_options)
         mel, index = feats["mel"], feats["frame_index_map"]
         centre = index[np.minimum(frame_index, len(index) - 1), index.shape[1] // 2].astype(np.int64)
         return mel[np.clip(centre[:, None] + np.arange(-context, context + 1), 0, len(mel) - 1)]
-    from facefab.operators.io import read_audio
+    from facefab.media import read_audio
 
     audio = read_audio(row["crop_uri"], sample_rate=16000, storage_options=storage_options)
     return audio_mel_windows(audio, len(frame_index), _fps(row, storage_options), mel_window)
@@ -213,7 +212,7 @@ class MyTalkRenderSystem:
         return MyTalkRenderer(**_merge(self.config, model_config, MyTalkRenderer))
 
     def make_samples(self, row: dict, storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
-        from facefab.operators.io import read_frames
+        from facefab.media import read_frames
 
         c = self.config
         crops = read_frames(row["crop_uri"], storage_options=storage_options)

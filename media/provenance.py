@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from facefab.manifests.storage import atomic_output, open_fs
 
 log = logging.getLogger(__name__)
@@ -552,7 +553,7 @@ def write_synthetic_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], f
     signed C2PA manifest. sign=True makes a missing credential an error, sign=False skips C2PA.
     Returns {'uri', 'watermark_payload', 'tags', 'c2pa': 'signed' | 'skipped: <why>'}.
     """
-    from facefab.operators.io import media
+    from . import io as media
 
     tags = synthetic_metadata(model, job_id)
     marked = (embed_watermark(frames, payload) if isinstance(frames, np.ndarray)
@@ -620,7 +621,7 @@ def verify_file(uri: str, storage_options: dict | None = None, max_frames: int =
     Checks the first `max_frames` frames for the watermark. Raises media.MediaError for a
     missing, corrupt or non-video file.
     """
-    from facefab.operators.io import media
+    from . import io as media
 
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")

@@ -1,4 +1,4 @@
-"""face-vid2vid as a `facefab train` system (see facefab.pipelines.train for the protocol).
+"""face-vid2vid as a `facefab train` system (see facefab.training for the protocol).
 
 Samples are (source, driving) frame pairs of one clip's aligned crop video (`crop_uri`), resized to
 the model's `image_size`. When the row has a per-frame table (`frames_uri`, with the preprocess
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facefab.operators.facevid2vid.model import TINY_CONFIG, FaceVid2VidModel, transform_keypoints
+from facefab.models.facevid2vid.model import TINY_CONFIG, FaceVid2VidModel, transform_keypoints
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "pairs_per_clip": 32,      # training samples drawn from one clip per pass over the data
@@ -218,7 +218,7 @@ class FaceVid2VidSystem:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _load_clip(self, row: dict[str, Any], storage_options: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
-        from facefab.operators.io.media import read_frames
+        from facefab.media.io import read_frames
 
         size = int(self.model_config.get("image_size", 256))
         uri = row.get("crop_uri")
@@ -235,18 +235,12 @@ class FaceVid2VidSystem:
         uri = row.get("frames_uri")
         if not uri:
             return None
-        from facefab.manifests.io import read_table
+        from facefab.operators.track_row import read_frame_table
 
-        table = read_table(uri, storage_options)
-        if "pose" not in table.column_names or table.num_rows == 0:
-            return None
-        if "frame_index" in table.column_names:
-            table = table.sort_by("frame_index")
+        table = read_frame_table(uri, storage_options)
         poses = np.full((count, 3), np.nan, np.float32)
-        values = table["pose"].to_pylist()[:count]
-        for i, p in enumerate(values):
-            if p is not None and len(p) >= 3:
-                poses[i] = p[:3]
+        n = min(count, len(table))
+        poses[:n] = table.pose[:n, :3]
         return poses
 
     @staticmethod

@@ -1,0 +1,478 @@
+"""The dub stages: `DubAnalyze` -> `LipSync` -> `DubScore` (the DAG is `facefab.pipelines.dub`).
+
+- `DubAnalyze` (actor: MediaPipe + silero-vad) does the preprocessing a dub needs with the face
+  and audio layers' functions, so a raw catalog needs no separate preprocess run: decode, retime
+  the source to the new audio's length (`retime_index`), detect and track faces (the `faces`
+  section is preprocess's `FaceTrack.Config`) and pick the speaking track, face mesh (the
+  `landmarks` section is `FaceLandmarks.Config`), alignment, and the audio features of the new and
+  the original track.
+- `LipSync` (generator actor, on a GPU when the model is neural and the cluster has one): the
+  weight-free Video-Rewrite style default (`models.lipsync.weightfree`) or MyTalk
+  (`models.mytalk`), pasted back with `face.alignment.paste_back`, written to
+  ROOT/outputs/<out_name or id>.mp4 at the source size and fps with the new audio (AAC, at the new
+  audio's own rate) and the provenance marks (`media.provenance.write_synthetic_video`).
+- `DubScore` (actor) measures the written file: lip sync (`face.scores.av_sync_score`) of the
+  mouth opening re-detected on the decoded output against the new audio's envelope, the same score
+  for the undubbed source, the watermark read back, the container's tag, duration and audio stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from facefab.face.alignment import points_to_crop
+from facefab.manifests.storage import join_uri
+from facefab.media.arrays import pack_arrays, unpack_arrays
+from facefab.models.lipsync.weightfree import Speech, WeightFreeConfig, WeightFreeLipSync
+
+from .base import Operator, OperatorError, Resources, RunContext
+from .faces import FaceTrack, face_detector
+from .generator import GeneratorOperator
+from .landmarks import FaceLandmarks, face_mesher
+
+MODELS = ("auto", "weightfree", "mytalk")
+LENGTH_MODES = ("pingpong", "loop", "hold", "trim")
+TRACK_CHOICES = ("largest", "central")  # or a track number
+FEATURE_RATE = 16000  # audio features (mel, VAD, RMS) are computed at 16 kHz mono
+OUTPUT_RATES = (16000, 48000)  # the muxed audio keeps its own rate within these bounds
+
+
+@dataclass
+class DubConfig(GeneratorOperator.Config):
+    """Settings of a dub job (inherits checkpoint, device, dtype, window, overlap, cache_dir)."""
+
+    model: str = field(default="auto", metadata={"help": "auto (mytalk when a checkpoint is configured, "
+                                                          "else weightfree) | weightfree | mytalk"})
+    track: str = field(default="largest", metadata={"help": "speaking face: largest | central | a track number"})
+    length_mode: str = field(default="pingpong", metadata={
+        "help": "audio longer than the video: pingpong | loop | hold (freeze) | trim (cut the audio)"})
+    max_duration: float | None = field(default=None, metadata={"help": "dub at most this many seconds of audio"})
+    bank_seconds: float = field(default=30.0, metadata={"help": "seconds of source analysed as mouth bank"})
+    crop_size: int = 512  # aligned crop side the models work in
+    crop_scale: float = 1.0  # 1.0: FFHQ framing
+    align_smooth_window: int = 5
+    vad_threshold: float = 0.5
+    audio_rate: int = field(default=0, metadata={"help": "muxed audio rate; 0: the new audio's own (16-48 kHz)"})
+    crf: int = 18
+    watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
+    batch_size: int = 8  # MyTalk renderer frames per batch
+    score: bool = field(default=True, metadata={"help": "measure sync and provenance on the written files"})
+    max_lag: int = 5  # frames of audio/video lag the sync score searches
+    detect_every: int = field(default=3, metadata={"help": "detect faces on every Nth frame; the tracker "
+                                                            "interpolates the boxes in between"})
+    # preprocess's own sections: the same fields, flags and meaning as `facefab preprocess`
+    faces: FaceTrack.Config = field(default_factory=lambda: FaceTrack.Config(min_track_frames=10))
+    landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
+    weightfree: WeightFreeConfig = field(default_factory=WeightFreeConfig)
+
+
+def validate(config: DubConfig) -> None:
+    if config.model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {config.model!r}")
+    if config.length_mode not in LENGTH_MODES:
+        raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {config.length_mode!r}")
+    if config.track not in TRACK_CHOICES and not config.track.isdigit():
+        raise ValueError(f"track must be one of {TRACK_CHOICES} or a track number, got {config.track!r}")
+    if config.max_duration is not None and config.max_duration <= 0:
+        raise ValueError(f"max_duration must be positive, got {config.max_duration}")
+    if config.detect_every < 1:
+        raise ValueError(f"detect_every must be >= 1, got {config.detect_every}")
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+class StageTimer:
+    """Seconds per named stage, accumulated."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - start)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def merged_into(self, row: dict[str, Any]) -> str:
+        """JSON of the row's earlier `stage_seconds` plus these (operators that both decode add up)."""
+        merged = json.loads(row.get("stage_seconds") or "{}")
+        for stage, seconds in self.seconds.items():
+            merged[stage] = round(merged.get(stage, 0.0) + seconds, 4)
+        return json.dumps(merged, sort_keys=True)
+
+
+def retime_index(n_source: int, n_out: int, mode: str) -> np.ndarray:
+    """Source frame of each output frame. Shorter output: the first frames. Longer: ping-pong
+    (0..T-1, T-2..1, 0..), loop, hold (freeze the last frame), or trim (stop at T frames)."""
+    t = np.arange(n_out)
+    if n_out <= n_source or mode == "trim":
+        return t[:n_source]
+    if mode == "pingpong" and n_source > 1:
+        period = 2 * (n_source - 1)
+        k = t % period
+        return np.where(k < n_source, k, period - k)
+    if mode == "loop":
+        return t % n_source
+    return np.minimum(t, n_source - 1)
+
+
+def output_uri(ctx: RunContext, row: dict[str, Any]) -> str:
+    name = row.get("out_name") or row["id"]
+    return join_uri(ctx.out_root, "outputs", name if name.lower().endswith(".mp4") else f"{name}.mp4")
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 4)
+
+
+def read_new_audio(uri: str, sample_rate: int, mono: bool, max_duration: float | None,
+                   storage_options: dict[str, Any] | None) -> np.ndarray:
+    """The new audio, with a clear row error when it is missing or unreadable."""
+    from facefab.media import MediaError, read_audio
+
+    try:
+        audio = read_audio(uri, sample_rate=sample_rate, mono=mono, end=max_duration, storage_options=storage_options)
+    except MediaError as e:
+        raise OperatorError(f"new audio: {e}") from e
+    if audio.shape[-1] < sample_rate // 10:
+        raise OperatorError(f"new audio '{uri}' is shorter than 0.1 s")
+    return audio
+
+
+# -- faces -----------------------------------------------------------------------------------------
+
+def select_track(tracks: list, how: str, frame_wh: tuple[int, int]):
+    """The speaking face's track: "largest" (most box area summed over frames, so a big face that
+    stays wins over a bigger one passing by), "central" (nearest the frame centre among tracks at
+    least half as long as the longest) or a track number."""
+    if how.isdigit():
+        if int(how) >= len(tracks):
+            raise OperatorError(f"track {how} requested but the video has {len(tracks)} face track(s)")
+        return tracks[int(how)]
+    if how == "largest":
+        return max(tracks, key=lambda tr: float(np.prod(tr.bbox[:, 2:] - tr.bbox[:, :2], axis=1).sum()))
+    longest = max(len(tr) for tr in tracks)
+    centre = np.asarray(frame_wh, np.float64) / 2
+
+    def distance(tr) -> float:
+        mid = (tr.bbox[:, :2] + tr.bbox[:, 2:]) / 2
+        return float(np.linalg.norm((mid - centre) / centre, axis=1).mean())
+
+    return min((tr for tr in tracks if 2 * len(tr) >= longest), key=distance)
+
+
+def fill_short_gaps(points: np.ndarray, found: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks linearly interpolated over runs of at most `max_gap` frames where the mesh missed
+    the face (between two found frames), so a single miss mid-speech does not show the original
+    mouth for a frame."""
+    points, found = points.copy(), found.copy()
+    known = np.flatnonzero(found)
+    for before, after in itertools.pairwise(known):
+        if 1 < after - before <= max_gap + 1:
+            w = (np.arange(before + 1, after) - before)[:, None, None] / (after - before)
+            points[before + 1:after] = (1 - w) * points[before] + w * points[after]
+            found[before + 1:after] = True
+    return points, found
+
+
+def speech_features(audio: np.ndarray, fps: float, n_frames: int, vad_model, threshold: float) -> dict[str, np.ndarray]:
+    """Log-mel (M, 80), per-frame RMS and voice activity of 16 kHz mono audio for n_frames frames."""
+    from facefab.audio.features import fit_audio, frame_rms, frame_sample_bounds, frame_voice_activity, log_mel
+
+    audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
+    return {"mel": log_mel(audio), "rms": frame_rms(audio, fps, n_frames),
+            "vad": frame_voice_activity(audio, vad_model, fps, n_frames, threshold)}
+
+
+def as_speech(mel: np.ndarray, rms: np.ndarray, vad: np.ndarray, fps: float, context: int) -> Speech:
+    from facefab.audio.features import mel_windows
+
+    return Speech(mel[mel_windows(len(rms), fps, len(mel), context)], rms, vad.astype(bool))
+
+
+# -- the operators ---------------------------------------------------------------------------------
+
+class DubAnalyze(Operator):
+    """(video_uri, audio_uri) -> retimed frame index, speaking track, landmarks, alignment, and
+    the audio features of both tracks (`_dub`), plus fps/size/duration/face_fraction columns."""
+
+    name = "dub_analyze"
+    version = "1"
+    inputs = ("video_uri", "audio_uri")
+    outputs = ("_dub", "fps", "width", "height", "num_frames", "duration", "source_frames", "face_fraction",
+               "track_count", "speech_ratio", "source_speech_ratio", "stage_seconds")
+    stateful = True
+    default_resources = Resources(num_cpus=1.0)
+    Config = DubConfig
+
+    def setup(self) -> None:
+        from facefab.audio.features import load_vad
+        self.detector = face_detector(self.config.faces)
+        self.mesher = face_mesher(self.config.landmarks)
+        self.vad = load_vad()
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.media import MediaError, probe, read_audio, read_frames
+
+        c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
+        with timer("audio_decode"):
+            new_audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
+        try:
+            info = probe(row["video_uri"], opts)
+        except MediaError as e:
+            raise OperatorError(f"source video: {e}") from e
+        if not info.has_video or not info.fps:
+            raise OperatorError(f"source video '{row['video_uri']}' has no video stream")
+        fps = info.fps
+        wanted = round(len(new_audio) / FEATURE_RATE * fps)
+        needed_s = max(wanted / fps, c.bank_seconds)
+        with timer("decode"):
+            frames = read_frames(row["video_uri"], end=needed_s if needed_s < info.duration else None,
+                                 storage_options=opts)
+        if len(frames) == 0:
+            raise OperatorError(f"source video '{row['video_uri']}' decoded to 0 frames")
+        index = retime_index(len(frames), wanted, c.length_mode)
+        with timer("faces"):
+            track, count = self._speaking_track(frames, row["video_uri"])
+        with timer("landmarks"):
+            face = self._face_arrays(frames, track)
+        with timer("audio_features"):
+            new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
+            own = None
+            if info.has_audio:
+                own_audio = read_audio(row["video_uri"], sample_rate=FEATURE_RATE, end=len(frames) / fps,
+                                       storage_options=opts)
+                own = speech_features(own_audio, fps, len(frames), self.vad, c.vad_threshold)
+        arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()},
+                  **({f"own_{k}": v for k, v in own.items()} if own else {})}
+        return {
+            "_dub": pack_arrays(**arrays),
+            "fps": fps, "width": info.width, "height": info.height,
+            "num_frames": len(index), "duration": round(len(index) / fps, 4), "source_frames": len(frames),
+            "face_fraction": round(float(face["valid"][index].mean()), 4), "track_count": count,
+            "speech_ratio": round(float(new["vad"].mean()), 4),
+            "source_speech_ratio": round(float(own["vad"].mean()), 4) if own else None,
+            "stage_seconds": timer.merged_into(row),
+        }
+
+    def _speaking_track(self, frames: np.ndarray, uri: str):
+        from facefab.face.detection import detect_faces, track_faces
+
+        f = self.config.faces
+        # the last frame too, so the track reaches the end of the video
+        sampled = sorted({*range(0, len(frames), self.config.detect_every), len(frames) - 1})
+        found = detect_faces(frames[sampled], self.detector, min_face_px=f.min_face_px)
+        detections = [[] for _ in range(len(frames))]
+        for i, dets in zip(sampled, found):
+            detections[i] = dets
+        tracks = track_faces(detections, iou_threshold=f.iou_threshold,
+                             max_gap_frames=max(f.max_gap_frames, self.config.detect_every),
+                             min_track_frames=min(f.min_track_frames, len(frames)), smooth_window=f.smooth_window)
+        if not tracks:
+            raise OperatorError(f"no face found in {len(frames)} frames of '{uri}'" if not any(found) else
+                                f"no face stays for {f.min_track_frames} frames in '{uri}'")
+        return select_track(tracks, self.config.track, frames.shape[2:0:-1]), len(tracks)
+
+    def _face_arrays(self, frames: np.ndarray, track) -> dict[str, np.ndarray]:
+        """Per source frame: box, landmarks (NaN outside the track or where the mesh failed),
+        valid, and frame <-> crop affines (edge-extended outside the track)."""
+        from facefab.face.alignment import track_alignment
+        from facefab.face.mesh import NUM_LANDMARKS, mesh_track
+
+        c, n = self.config, len(frames)
+        frame_index = track.frame_index
+        marks, found = mesh_track(frames[frame_index], track.bbox, self.mesher)
+        marks, found = fill_short_gaps(marks, found, c.faces.max_gap_frames)
+        if not found.any():
+            raise OperatorError(f"a face was tracked over {len(frame_index)} frames but the face mesh "
+                                "found no landmarks on it")
+        affine, inverse = track_alignment(marks, found, c.crop_size, c.crop_scale, c.align_smooth_window)
+        edge = np.clip(np.arange(n), frame_index[0], frame_index[-1]) - frame_index[0]
+        landmarks = np.full((n, NUM_LANDMARKS, 3), np.nan, np.float32)
+        landmarks[frame_index] = marks
+        valid = np.zeros(n, bool)
+        valid[frame_index] = found
+        bbox = np.full((n, 4), np.nan, np.float32)
+        bbox[frame_index] = track.bbox
+        return {"landmarks": landmarks, "valid": valid, "bbox": bbox, "affine": affine[edge],
+                "inverse": inverse[edge]}
+
+
+class LipSync(GeneratorOperator):
+    """Analysed row -> the dubbed mp4 at `out_uri` (see the module docstring)."""
+
+    name = "lip_sync"
+    version = "1"
+    model_name = "mytalk"
+    inputs = ("video_uri", "audio_uri", "_dub", "fps")
+    outputs = ("out_uri", "model", "checkpoint", "fit", "fit_r", "mean_run", "c2pa", "stage_seconds")
+    Config = DubConfig
+
+    def checkpoint_uri(self) -> str | None:
+        return None if self.config.model == "weightfree" else super().checkpoint_uri()
+
+    def load(self, checkpoint: str):
+        from facefab.models.mytalk.pipeline import MyTalkPipeline
+
+        c = self.config
+        return MyTalkPipeline.from_pretrained(checkpoint, self.ctx.storage_options, device=self.device,
+                                              dtype=self.dtype, cache_dir=c.cache_dir, window=c.window,
+                                              overlap=c.overlap, batch_size=c.batch_size)
+
+    def load_default(self):
+        if self.config.model == "mytalk":
+            return super().load_default()  # raises: MyTalk has no weight-free form
+        return WeightFreeLipSync(self.config.weightfree)
+
+    @property
+    def weight_free(self) -> bool:
+        return isinstance(self.model, WeightFreeLipSync)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.media import read_frames
+
+        opts, timer = self.ctx.storage_options, StageTimer()
+        d = unpack_arrays(row["_dub"])
+        fps, index = float(row["fps"]), d["index"]
+        with timer("decode"):  # the analysed frames: the first len(valid), with half a frame of slack
+            frames = read_frames(row["video_uri"], end=(len(d["valid"]) + 0.5) / fps,
+                                 storage_options=opts)[: len(d["valid"])]
+        if len(frames) < len(d["valid"]):
+            raise OperatorError(f"source decoded to {len(frames)} frames, analysis saw {len(d['valid'])}")
+        points = points_to_crop(d["landmarks"], d["affine"]).astype(np.float32)
+        with timer("synthesis"):
+            crop_alpha, extra = (self._weight_free(d, points, frames, fps) if self.weight_free
+                                 else self._neural(d, points, frames, fps))
+        audio, rate = self._mux_audio(row, len(index) / fps)
+        uri = output_uri(self.ctx, row)
+        with timer("encode"):
+            written = self._write(uri, self._pasted(frames, index, d, crop_alpha, timer), fps, audio, rate, row)
+        timer.add("encode", -timer.seconds.get("render", 0.0))  # rendering ran inside the encoder's loop
+        return {"out_uri": uri, "model": "weightfree" if self.weight_free else "mytalk",
+                "checkpoint": None if self.weight_free else self.checkpoint_uri(), "c2pa": written.get("c2pa"),
+                **extra, "stage_seconds": timer.merged_into(row)}
+
+    def _weight_free(self, d, points, frames, fps):
+        context = self.model.config.context
+        own = (as_speech(d["own_mel"], d["own_rms"], d["own_vad"], fps, context) if "own_mel" in d else None)
+        new = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context)
+        plan = self.model.plan(points, d["valid"], self.config.crop_size, own, new, d["index"], fps)
+
+        def crop_alpha(t: int, s: int):
+            return self.model.render(plan, t, frames, d["affine"], points, s, self.config.crop_size)
+
+        return crop_alpha, {"fit": plan.fit, "fit_r": _finite(plan.fit_r), "mean_run": round(float(plan.mean_run), 2)}
+
+    def _neural(self, d, points, frames, fps):
+        from facefab.face.alignment import warp_to_crop
+
+        index, size = d["index"], self.config.crop_size
+        context = (self.model.motion.config.mel_window - 1) // 2
+        mel = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context).mel_windows
+        crops = np.stack([warp_to_crop(frames[s], d["affine"][s], size) for s in index])
+        out = self.model.generate(crops, points[index], mel)
+        return (lambda t, s: (out.frames[t], out.alpha[t])), {"fit": None, "fit_r": None, "mean_run": None}
+
+    @staticmethod
+    def _pasted(frames, index, d, crop_alpha, timer: StageTimer):
+        """Output frames: the retimed source with the generated lower face pasted where the
+        speaking face has landmarks; other frames pass through unchanged."""
+        from facefab.face.alignment import paste_back
+
+        for t, s in enumerate(index):
+            if not d["valid"][s]:
+                yield frames[s]
+                continue
+            start = time.perf_counter()
+            crop, alpha = crop_alpha(t, s)
+            out = paste_back(frames[s], crop, d["inverse"][s], alpha)
+            timer.add("render", time.perf_counter() - start)
+            yield out
+
+    def _mux_audio(self, row: dict[str, Any], seconds: float) -> tuple[np.ndarray, int]:
+        """The new audio at its own rate (kept between 16 and 48 kHz), mono or stereo, cut to the
+        output's length."""
+        from facefab.media import probe
+
+        info = probe(row["audio_uri"], self.ctx.storage_options)
+        rate = self.config.audio_rate or int(np.clip(info.audio_sample_rate or FEATURE_RATE, *OUTPUT_RATES))
+        audio = read_new_audio(row["audio_uri"], rate, info.audio_channels != 2, seconds, self.ctx.storage_options)
+        return audio, rate
+
+    def _write(self, uri, frames, fps, audio, rate, row) -> dict[str, Any]:
+        from facefab.media import provenance, write_video
+
+        model, job = ("weightfree" if self.weight_free else "mytalk"), row.get("job_id") or row["id"]
+        if self.config.watermark:
+            return provenance.write_synthetic_video(uri, frames, fps, model=model, job_id=job, audio=audio,
+                                                    audio_rate=rate, crf=self.config.crf,
+                                                    storage_options=self.ctx.storage_options)
+        write_video(uri, frames, fps, audio=audio, audio_rate=rate, crf=self.config.crf,
+                    metadata=provenance.synthetic_metadata(model, job), storage_options=self.ctx.storage_options)
+        return {"c2pa": "skipped: watermark disabled"}
+
+
+class DubScore(Operator):
+    """Measures the written file: `sync_output` / `sync_source` (max-lag Pearson r of mouth opening
+    vs the new audio's RMS envelope, for the dubbed output and for the undubbed source frames),
+    `watermark_found`, `synthetic_tag`, `output_duration`, `output_has_audio`."""
+
+    name = "dub_score"
+    version = "1"
+    inputs = ("out_uri", "_dub")
+    outputs = ("sync_output", "sync_output_lag", "sync_source", "watermark_found", "synthetic_tag",
+               "output_duration", "output_has_audio", "stage_seconds")
+    stateful = True
+    default_resources = Resources(num_cpus=1.0)
+    Config = DubConfig
+
+    WATERMARK_FRAMES = 30
+
+    def setup(self) -> None:
+        self.mesher = face_mesher(self.config.landmarks)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.face.parsing import mouth_open_ratio
+        from facefab.face.scores import av_sync_score
+        from facefab.media import probe, read_frames, read_metadata
+        from facefab.media.provenance import detect_watermark, read_tag
+
+        opts, timer = self.ctx.storage_options, StageTimer()
+        d = unpack_arrays(row["_dub"])
+        index, envelope = d["index"], d["new_rms"]
+        with timer("score"):
+            frames = read_frames(row["out_uri"], storage_options=opts)[: len(index)]
+            output_open = mouth_open_ratio(self._landmarks(frames, d["bbox"][index[: len(frames)]]))
+            sync_out, lag = av_sync_score(output_open, envelope, self.config.max_lag)
+            sync_src, _ = av_sync_score(mouth_open_ratio(d["landmarks"][index]), envelope, self.config.max_lag)
+            watermark = detect_watermark(frames[: self.WATERMARK_FRAMES])
+            info = probe(row["out_uri"], opts)
+            tag = read_tag(read_metadata(row["out_uri"], opts))
+        return {"sync_output": _finite(sync_out), "sync_output_lag": int(lag), "sync_source": _finite(sync_src),
+                "watermark_found": bool(watermark.found), "synthetic_tag": tag is not None,
+                "output_duration": round(info.duration, 4), "output_has_audio": info.has_audio,
+                "stage_seconds": timer.merged_into(row)}
+
+    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        from facefab.face.mesh import NUM_LANDMARKS
+
+        out = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
+        for t, (frame, box) in enumerate(zip(frames, boxes)):
+            if np.isfinite(box).all():
+                points = self.mesher(frame, box)
+                if points is not None:
+                    out[t] = points
+        return out

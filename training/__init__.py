@@ -1,0 +1,2 @@
+"""Training: the Ray Train + DeepSpeed runtime, the training-system contract and one module per
+trainable system."""
