@@ -1,20 +1,10 @@
-"""Audio features of a track's time window, aligned to its video frames.
+"""Audio features on arrays, aligned to video frames: framing, log-mel and per-frame mel windows,
+RMS, silero voice activity.
 
-Time convention (shared by every per-frame audio feature here): the audio window is the track's
-(`track_time_window`: the clip's start/end narrowed to the `_track` frames), and video frame t of
-it covers [t/fps, (t+1)/fps) seconds after the window start; its centre is (t + 0.5)/fps.
-Per-frame RMS and voice activity average over that interval; the mel window of frame t is
-centred on the mel frame nearest to that centre.
-
-- `AudioFeatures`: log-mel spectrogram (torch.stft + an HTK mel filterbank), per-frame mel
-  windows (V-Express / Hallo style), silero-vad voice activity and RMS energy per frame.
-- `SpeechEncoder`: hidden states of a local wav2vec2-family or whisper checkpoint, resampled
-  to one vector per video frame.
-
-A clip without an audio track is an error only with `require_audio=True`. By default it gets the
-features of digital silence (mel at the log floor, RMS 0, no voice activity, has_speech=False,
-speech_ratio 0.0), so audio-conditioned training and the quality filter treat it as a silent clip
-instead of losing the row.
+Time convention (shared by every per-frame audio feature): video frame t covers [t/fps, (t+1)/fps)
+seconds after the start of the audio window; its centre is (t + 0.5)/fps. Per-frame RMS and voice
+activity average over that interval; the mel window of frame t is centred on the mel frame nearest
+to that centre.
 """
 
 from __future__ import annotations

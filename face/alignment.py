@@ -1,4 +1,4 @@
-"""AlignCrop: FFHQ-framed aligned square face crops of a track, without jitter.
+"""The one alignment transform: FFHQ-framed aligned square face crops of a track, without jitter.
 
 Per frame, a similarity transform (rotation, uniform scale, translation) is the least-squares
 (Umeyama) fit of rigid mesh points (eye corners, nose, lower forehead, cheekbones) to a template:

@@ -1,5 +1,4 @@
-"""FaceTrack: detect faces in every frame of a clip and link them into per-face tracks.
-"""
+"""Face detection (MediaPipe BlazeFace) and IoU tracking of detections into per-face tracks."""
 
 from __future__ import annotations
 

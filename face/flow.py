@@ -5,7 +5,7 @@ Backends:
 - "raft": torchvision's RAFT-large with a local state-dict file (Config.raft_weights). torchvision
   is not a facefab dependency (it is not installed in the base image), so this backend only runs
   where both torchvision and the weights file are present; otherwise every row fails with a
-  clear OperatorError instead of silently falling back to DIS.
+  clear error instead of silently falling back to DIS.
 
 Sparse trajectories: up to K good-features-to-track corners on frame 0 (topped up with a regular
 grid when the crop has fewer corners), moved frame to frame by the dense flow sampled bilinearly

@@ -1,13 +1,10 @@
-"""FaceLandmarks: 478-point MediaPipe face mesh (468 mesh + 10 iris points) per frame of a track.
+"""The 478-point MediaPipe face mesh (468 mesh + 10 iris points): index tables and per-frame meshing.
 
 Each frame is cropped to a square around the track's box (so in a multi-face clip the mesh lands
 on this track's face), the mesh runs on the crop (`mediapipe.solutions.face_mesh`, static image
 mode, `refine_landmarks=True`), and the points are mapped back to source pixels. A frame counts
-as found only when the mesh centre lies inside the track box. Output `_landmarks`:
-
-- landmarks (T,478,3) float32: x, y in source pixels; z in source pixels too, relative depth
-  (MediaPipe's z scaled like x, smaller = nearer the camera); NaN where not found;
-- valid (T,) bool; image_size (2,) int32 = source width, height (for the pose camera).
+as found only when the mesh centre lies inside the track box. z is in source pixels too (MediaPipe's
+relative depth scaled like x, smaller = nearer the camera).
 
 `MEDIAPIPE_TO_68` selects 68 of the mesh points in iBUG-300W order (the dlib/FAN convention):
 jaw 0-16 (from the subject's right ear, i.e. image left, over the chin to the left ear), brows

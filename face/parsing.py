@@ -6,9 +6,6 @@ shoulders) comes from MediaPipe selfie segmentation run on the crop itself.
 
 A label id is its position in LABEL_NAMES (stored with the masks as `label_names`). "left" and
 "right" follow MediaPipe: the subject's own left, the image's right side in a frontal view.
-
-Also home of the small crop-space helpers the other feature operators share (`read_crop`,
-`landmarks_in_crop`, `mouth_open_ratio`).
 """
 
 from __future__ import annotations

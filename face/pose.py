@@ -1,4 +1,4 @@
-"""HeadPose: yaw, pitch, roll and translation per frame from face-mesh landmarks.
+"""Head pose: yaw, pitch, roll and translation per frame from face-mesh landmarks.
 
 cv2.solvePnP (SQPnP) fits a canonical 3D face to rigid mesh points (forehead, nose, eye corners,
 cheekbones, temples: no lips or jaw, which move with speech) under a pinhole camera with focal

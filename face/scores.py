@@ -1,7 +1,4 @@
-"""Quality scores of a track (stored, never thresholded) and the filter that thresholds them.
-
-`QualityScores` computes everything once; `QualityFilter` only compares columns with its Config,
-so thresholds can change without recomputing anything.
+"""Quality scores of a track, on arrays (the `quality` stage stores them; `filter` thresholds them).
 
 Scores (columns):
 - face_size: median face-box side (sqrt of box area) / the source frame's shorter side.
@@ -21,6 +18,8 @@ import math
 
 import cv2
 import numpy as np
+
+from .smoothing import full_windows, moving_average
 
 # Landmarks that move rigidly with the head (eye corners, nose bridge and tip, forehead, temples):
 # eyelids, lips and jaw move on their own and would read as jitter.
@@ -83,16 +82,6 @@ def pose_extremity(pose: np.ndarray, norm_deg: float = 90.0) -> float:
     return float(np.nanmax(yaw_pitch) / norm_deg) if np.isfinite(yaw_pitch).any() else math.nan
 
 
-def _moving_average(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centred moving average along axis 0 and a mask of frames whose whole window is finite."""
-    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
-    kernel = np.ones(window)
-    filled = np.where(np.isfinite(x), x, 0.0)
-    sums = np.apply_along_axis(lambda s: np.convolve(s, kernel, mode="same"), 0, filled)
-    full = np.convolve(finite.astype(float), kernel, mode="same") == window
-    return sums / window, full
-
-
 def landmark_jitter(landmarks: np.ndarray, affine: np.ndarray, crop_size: int,
                     window: int = 5, indices=STABLE_LANDMARKS) -> float:
     """Mean residual of stable landmarks around their moving average, in crop-side units.
@@ -103,7 +92,9 @@ def landmark_jitter(landmarks: np.ndarray, affine: np.ndarray, crop_size: int,
     points = np.asarray(landmarks, np.float64)[:, list(indices), :2]
     if len(points) < window:
         return math.nan
-    smooth, full = _moving_average(points, window)
+    finite = np.isfinite(points).all(axis=(1, 2))
+    smooth = moving_average(np.where(finite[:, None, None], points, 0.0), window)
+    full = full_windows(finite, window)
     residual = np.linalg.norm(points - smooth, axis=-1).mean(axis=1)  # (T,) source px
     scale = np.sqrt(np.abs(np.linalg.det(np.asarray(affine, np.float64)[:, :, :2])))
     values = (residual * scale / crop_size)[full]

@@ -1,4 +1,8 @@
 """Temporal smoothing of per-frame series: one centred moving average for every caller.
+
+`moving_average` smooths (boxes, alignment parameters, poses); `full_windows` says where the whole
+centred window is inside the series and finite, for scores that must not count edge or gap frames
+(e.g. landmark jitter, measured only where the average had all its samples).
 """
 
 from __future__ import annotations
@@ -21,3 +25,15 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     lo, hi = idx - reach, idx + reach + 1
     counts = (hi - lo).reshape((-1,) + (1,) * (values.ndim - 1))
     return (csum[hi] - csum[lo]) / counts
+
+
+def full_windows(finite: np.ndarray, window: int) -> np.ndarray:
+    """(T,) bool: frames whose whole centred `window` (an even one acts as the next odd one, as in
+    `moving_average`) lies inside the series and covers only `finite` frames."""
+    finite = np.asarray(finite, bool)
+    half = max(0, int(window) // 2)
+    bad = np.concatenate([[0], np.cumsum(~finite)])
+    idx = np.arange(len(finite))
+    inside = (idx >= half) & (idx < len(finite) - half)
+    lo, hi = np.clip(idx - half, 0, len(finite)), np.clip(idx + half + 1, 0, len(finite))
+    return inside & (bad[hi] - bad[lo] == 0)

@@ -39,7 +39,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import json
 import os
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from facefab.manifests.registry import Registry
 
 SPEC_VERSION = 1
 
@@ -84,14 +85,13 @@ class _Kind:
     path_keys: tuple[str, ...]          # top-level keys holding local paths or URIs
 
 
-KINDS: dict[str, _Kind] = {
-    "preprocess": _Kind("preprocess", ("inputs",), _RUN_OPTIONS,
-                        ("facefab.pipelines.preprocess", "PreprocessConfig"), ("inputs", "out")),
-    "dub": _Kind("dub", ("manifest", "video", "audio"), _RUN_OPTIONS,
-                 ("facefab.pipelines.dub", "DubConfig"), ("manifest", "video", "audio", "out")),
-    "train": _Kind("train", ("system", "data"), _TRAIN_OPTIONS,
-                   ("facefab.training.runtime", "TrainConfig"), ("data", "out")),
-}
+KINDS: Registry[_Kind] = Registry("job kind")
+KINDS.register("preprocess")(_Kind("preprocess", ("inputs",), _RUN_OPTIONS,
+                                   ("facefab.pipelines.preprocess", "PreprocessConfig"), ("inputs", "out")))
+KINDS.register("dub")(_Kind("dub", ("manifest", "video", "audio"), _RUN_OPTIONS,
+                            ("facefab.operators.dub", "DubConfig"), ("manifest", "video", "audio", "out")))
+KINDS.register("train")(_Kind("train", ("system", "data"), _TRAIN_OPTIONS,
+                              ("facefab.training.runtime", "TrainConfig"), ("data", "out")))
 
 
 @dataclass
@@ -114,7 +114,7 @@ class JobSpec:
 
     @property
     def command(self) -> str:
-        return KINDS[self.kind].command
+        return KINDS.get(self.kind).command
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,20 +178,12 @@ def _check_type(value: Any, tp: type, where: str) -> Any:
     return value
 
 
-def config_class(kind: str) -> type | None:
-    """The subcommand's config dataclass, or None when its module is not installed."""
-    module, name = KINDS[kind].config_class
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
-    cls = getattr(mod, name, None)
-    if cls is None:  # tolerate a renamed class: the one dataclass whose name ends with Config
-        found = [v for k, v in vars(mod).items() if k.endswith("Config") and dataclasses.is_dataclass(v)
-                 and getattr(v, "__module__", "") == module]
-        cls = found[0] if len(found) == 1 else None
+def config_class(kind: str) -> type:
+    """The subcommand's config dataclass."""
+    module, name = KINDS.get(kind).config_class
+    cls = getattr(importlib.import_module(module), name, None)
+    if cls is None:
+        raise ImportError(f"job kind {kind!r}: {module} has no {name}")
     return cls
 
 
@@ -200,9 +192,7 @@ def _check_config(kind: str, config: dict[str, Any], where: str) -> None:
 
     if kind == "train" and "system" in config:
         raise ValueError(f"{where}.system: set the system at the top level (`system:`), not in config")
-    cls = config_class(kind)
-    if cls is not None:
-        from_dict(cls, config, where)
+    from_dict(config_class(kind), config, where)
 
 
 def parse_spec(data: Any, *, base_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
@@ -219,7 +209,7 @@ def parse_spec(data: Any, *, base_dir: str | os.PathLike | None = None, env: Map
     kind = data.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{where}: kind: unknown job kind {kind!r}; choose from {sorted(KINDS)}")
-    k = KINDS[kind]
+    k = KINDS.get(kind)
     allowed = set(_COMMON_KEYS) | set(k.inputs)
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -321,7 +311,7 @@ def spec_to_argv(spec: JobSpec, config_path: str | None = None) -> list[str]:
     With a `config`, `--config config_path` is included (CONFIG_PLACEHOLDER when config_path is None;
     `materialized_argv` writes the real file).
     """
-    k = KINDS[spec.kind]
+    k = KINDS.get(spec.kind)
     argv: list[str] = [k.command]
     if spec.kind == "preprocess":
         argv += spec.inputs

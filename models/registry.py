@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from facefab.manifests.registry import Registry
+
 ENV_PREFIX = "FACEFAB_CHECKPOINT_"
 TASKS = ("dub", "animate", "makeup", "swap")
 
@@ -44,7 +46,9 @@ class GeneratorSpec:
         return out
 
 
-GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in [
+GENERATORS: Registry[GeneratorSpec] = Registry("generator")
+
+for _spec in [
     GeneratorSpec("beautyrec", "BeautyREC", "makeup", ("video_uri", "reference_uri"),
                   "makeup transfer from a reference face onto the video's face"),
     GeneratorSpec("follow-your-emoji", "Follow-Your-Emoji", "animate", ("reference_uri", "video_uri"),
@@ -68,14 +72,12 @@ GENERATORS: dict[str, GeneratorSpec] = {spec.name: spec for spec in [
                   "image animation through sparse-to-dense motion (landmark / trajectory hints)"),
     GeneratorSpec("face-vid2vid", "face-vid2vid", "animate", ("reference_uri", "video_uri"),
                   "one-shot talking-head reenactment with 3D keypoints"),
-]}
+]:
+    GENERATORS.register(_spec.name)(_spec)
 
 
 def get(name: str) -> GeneratorSpec:
-    key = name.lower()
-    if key not in GENERATORS:
-        raise KeyError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}")
-    return GENERATORS[key]
+    return GENERATORS.get(name.lower())
 
 
 def env_var(name: str) -> str:

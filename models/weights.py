@@ -1,4 +1,4 @@
-"""The generation runtime: what every generator operator shares.
+"""The one weights loader and device/precision choice for every generator model.
 
 - Weights: `resolve_checkpoint` turns a local folder or a remote folder URI (s3://, gs://, ...) into a
   local folder (remote ones are downloaded once per machine into a content-keyed cache, atomically);
@@ -7,10 +7,6 @@
   come from shared storage. A folder that only has pickled weights is refused with a clear error.
 - Device and precision: `pick_device` ("auto": CUDA when visible, else CPU) and `pick_dtype`
   ("auto": bf16 on CUDA when supported, else fp16; fp32 on CPU).
-- Time: `window_spans` cuts T frames into overlapping windows; `blend_windows` joins per-window
-  outputs with a linear cross-fade over each overlap, so there is no seam where windows meet.
-- `GeneratorOperator`: the operator base (actor pool, one GPU per actor when the cluster has GPUs)
-  that loads its model once per actor in `setup()` and pastes generated crops back into frames.
 """
 
 from __future__ import annotations

@@ -1,20 +1,5 @@
-"""AlignCrop: FFHQ-framed aligned square face crops of a track, without jitter.
-
-Per frame, a similarity transform (rotation, uniform scale, translation) is the least-squares
-(Umeyama) fit of rigid mesh points (eye corners, nose, lower forehead, cheekbones) to a template:
-MediaPipe's canonical face, frontal, framed by the FFHQ rule (Karras et al. 2019, ffhq-dataset
-`recreate_aligned_images`: a square from the eye centres and the mouth centre). So crops look like
-FFHQ, but an opening mouth or blinking eyes do not zoom or shift them, as they would with the
-per-frame FFHQ rule. `crop_scale` > 1 widens the crop (more context), < 1 tightens it.
-
-The per-frame parameters (centre x/y, log half-side, angle) are interpolated over frames without
-landmarks and smoothed with a centred moving average before the crop is built: smoothing the
-transform rather than the pixels keeps crops sharp while removing landmark jitter.
-
-Output: `_align` = (affine (T,2,3) frame->crop, inverse (T,2,3) crop->frame), the aligned crop
-video at `crop_uri` (H.264, clip fps, 16 kHz mono AAC when the clip has audio), and `crop_size`.
-`warp_to_crop` and `paste_back` (feathered) are the pair generators use to go to the crop and
-back.
+"""The `align` stage: track row -> `_align` (frame->crop affines and inverses) and the aligned crop
+video `crop_uri` (H.264 with the track's 16 kHz audio); the transform is `facefab.face.alignment`.
 """
 
 from __future__ import annotations
@@ -28,14 +13,15 @@ from facefab.face.alignment import AUDIO_RATE, track_alignment, warp_to_crop
 from facefab.media import read_audio, write_video
 from facefab.media.arrays import pack_arrays, unpack_arrays
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import clip_frames
 
 
+@register_stage
 class AlignCrop(Operator):
     """Track row with `_landmarks` -> `_align`, the aligned crop video `crop_uri`, `crop_size`."""
 
-    name = "align_crop"
+    name = "align"
     version = "1"
     inputs = ("video_uri", "start", "end", "fps", "_track", "_landmarks")
     outputs = ("_align", "crop_uri", "crop_size")

@@ -1,13 +1,9 @@
-"""Audio features of a track's time window, aligned to its video frames.
-
-Time convention (shared by every per-frame audio feature here): the audio window is the track's
-(`track_time_window`: the clip's start/end narrowed to the `_track` frames), and video frame t of
-it covers [t/fps, (t+1)/fps) seconds after the window start; its centre is (t + 0.5)/fps.
-Per-frame RMS and voice activity average over that interval; the mel window of frame t is
-centred on the mel frame nearest to that centre.
+"""The `audio` and `speech_encoder` stages: per-frame audio features of a track's time window
+(`track_row.track_time_window`: the clip's start/end narrowed to the `_track` frames).
 
 - `AudioFeatures`: log-mel spectrogram (torch.stft + an HTK mel filterbank), per-frame mel
-  windows (V-Express / Hallo style), silero-vad voice activity and RMS energy per frame.
+  windows (V-Express / Hallo style), silero-vad voice activity and RMS energy per frame
+  (`facefab.audio.features`, which also states the time convention).
 - `SpeechEncoder`: hidden states of a local wav2vec2-family or whisper checkpoint, resampled
   to one vector per video frame.
 
@@ -37,10 +33,11 @@ from facefab.audio.features import (
 from facefab.media.arrays import save_npz
 from facefab.models.weights import CheckpointError, resolve_checkpoint
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import clip_audio_or_silence, video_frame_count
 
 
+@register_stage
 class AudioFeatures(Operator):
     """Log-mel, per-frame mel windows, voice activity and RMS of the track's clip window.
 
@@ -50,7 +47,7 @@ class AudioFeatures(Operator):
     with voice activity), has_speech.
     """
 
-    name = "audio_features"
+    name = "audio"
     version = "1"
     inputs = ("video_uri", "start", "end", "fps")
     outputs = ("audio_features_uri", "speech_ratio", "has_speech")
@@ -92,6 +89,7 @@ def resample_frames(hidden, n_frames: int):
     return out[0].T.reshape(n_frames, *hidden.shape[1:])
 
 
+@register_stage
 class SpeechEncoder(Operator):
     """Per-video-frame speech embeddings from a local (or s3:// cached) transformers checkpoint.
 

@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from facefab.manifests.registry import Registry
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
 from facefab.manifests.storage import join_uri
 
@@ -150,10 +151,22 @@ class Operator:
         return stamped
 
 
+# Every stage under its one name: the `--operators` name, the config section, `operator` in row
+# errors, the key of `op_versions` / `op_seconds` and of summary.json's per-operator table.
+STAGES: Registry[type[Operator]] = Registry("stage")
+
+
+def register_stage(cls: type[Operator]) -> type[Operator]:
+    """Class decorator: register an operator class under its `name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    return STAGES.register(cls.name)(cls)
+
+
 class OperatorChain(Operator):
     """Consecutive operators hosted by one worker, applied one after another to each row.
 
-    Fusing a chain keeps a clip's decoded frames (clipframes' per-process cache) and its carried
+    Fusing a chain keeps a clip's decoded frames (media.frame_cache) and its carried
     arrays in one process instead of shipping them between workers, and turns stage pipelining
     into data parallelism: each worker of the pool runs the whole chain on its own rows. Every
     member keeps its own error isolation, version stamp and timing.

@@ -33,7 +33,7 @@ from facefab.manifests.storage import join_uri
 from facefab.media.arrays import pack_arrays, unpack_arrays
 from facefab.models.lipsync.weightfree import Speech, WeightFreeConfig, WeightFreeLipSync
 
-from .base import Operator, OperatorError, Resources, RunContext
+from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
@@ -205,6 +205,7 @@ def as_speech(mel: np.ndarray, rms: np.ndarray, vad: np.ndarray, fps: float, con
 
 # -- the operators ---------------------------------------------------------------------------------
 
+@register_stage
 class DubAnalyze(Operator):
     """(video_uri, audio_uri) -> retimed frame index, speaking track, landmarks, alignment, and
     the audio features of both tracks (`_dub`), plus fps/size/duration/face_fraction columns."""
@@ -311,6 +312,7 @@ class DubAnalyze(Operator):
                 "inverse": inverse[edge]}
 
 
+@register_stage
 class LipSync(GeneratorOperator):
     """Analysed row -> the dubbed mp4 at `out_uri` (see the module docstring)."""
 
@@ -425,6 +427,7 @@ class LipSync(GeneratorOperator):
         return {"c2pa": "skipped: watermark disabled"}
 
 
+@register_stage
 class DubScore(Operator):
     """Measures the written file: `sync_output` / `sync_source` (max-lag Pearson r of mouth opening
     vs the new audio's RMS envelope, for the dubbed output and for the undubbed source frames),

@@ -1,17 +1,5 @@
-"""FaceTrack: detect faces in every frame of a clip and link them into per-face tracks.
-
-Detection is MediaPipe's BlazeFace (`mediapipe.solutions.face_detection`, tflite bundled in the
-wheel, no download). Tracking is greedy IoU association between consecutive detections:
-
-- a track survives up to `max_gap_frames` frames without a matching detection; the missed frames
-  are filled by linear interpolation of the box (`present` is False there);
-- a face that is gone for longer, or re-enters the frame, starts a new track, so every track is
-  one contiguous run of frames that downstream operators can crop into a video;
-- several faces give several tracks; tracks shorter than `min_track_frames` are dropped;
-- the box series of each track is smoothed with a centred moving average.
-
-One output row per track. Plain functions (`detect_faces`, `track_faces`, `moving_average`) work
-without Ray or rows.
+"""The `faces` stage: clip row -> one row per face track (`_track`), with the detector and tracker
+of `facefab.face.detection` (MediaPipe BlazeFace + greedy IoU tracking; see there).
 """
 
 from __future__ import annotations
@@ -24,7 +12,7 @@ import numpy as np
 from facefab.face.detection import FaceDetector, Track, detect_faces, max_simultaneous, track_faces
 from facefab.media.arrays import pack_arrays
 
-from .base import Filtered, Operator, OperatorError, Resources, stable_id
+from .base import Filtered, Operator, OperatorError, Resources, register_stage, stable_id
 from .track_row import clip_frames
 
 
@@ -33,10 +21,11 @@ def face_detector(config: FaceTrack.Config) -> FaceDetector:
     return FaceDetector(config.detector_model, config.min_confidence, config.detect_max_side)
 
 
+@register_stage
 class FaceTrack(Operator):
     """Clip row -> one row per face track (`_track`: frame_index, bbox, present, score)."""
 
-    name = "face_track"
+    name = "faces"
     version = "1"
     inputs = ("video_uri", "start", "end", "fps")
     outputs = ("id", "clip_id", "track_id", "face_count", "track_start", "track_end", "_track")

@@ -1,17 +1,5 @@
-"""Optical flow of a track's aligned crop: dense flow between consecutive frames + keypoint tracks.
-
-Backends:
-- "dis" (default): OpenCV DIS optical flow, preset MEDIUM, on grayscale crops at `flow_size`.
-- "raft": torchvision's RAFT-large with a local state-dict file (Config.raft_weights). torchvision
-  is not a facefab dependency (it is not installed in the base image), so this backend only runs
-  where both torchvision and the weights file are present; otherwise every row fails with a
-  clear OperatorError instead of silently falling back to DIS.
-
-Sparse trajectories: up to K good-features-to-track corners on frame 0 (topped up with a regular
-grid when the crop has fewer corners), moved frame to frame by the dense flow sampled bilinearly
-at each point, so they agree with the stored flow.
-
-All coordinates and flow vectors are in pixels of the `flow_size` x `flow_size` crop.
+"""The `flow` stage: dense optical flow of a track's aligned crop and keypoint trajectories (the
+algorithms and the storage format are `facefab.face.flow`).
 """
 
 from __future__ import annotations
@@ -35,10 +23,11 @@ from facefab.face.flow import (
 )
 from facefab.media.arrays import save_npz
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import read_crop, video_frame_count
 
 
+@register_stage
 class OpticalFlow(Operator):
     """Dense flow + keypoint trajectories of the aligned crop (see module docstring).
 
@@ -47,7 +36,7 @@ class OpticalFlow(Operator):
     Columns: flow_uri, motion_mean (mean flow magnitude, px/frame at s).
     """
 
-    name = "optical_flow"
+    name = "flow"
     version = "1"
     inputs = ("crop_uri",)
     outputs = ("flow_uri", "motion_mean")

@@ -14,7 +14,7 @@ import numpy as np
 from facefab.manifests.io import rows_to_table, write_table
 from facefab.media.arrays import unpack_arrays
 
-from .base import Operator, Resources
+from .base import Operator, Resources, register_stage
 
 PRIVATE_COLUMNS = ("_track", "_landmarks", "_align", "_pose")
 
@@ -45,6 +45,7 @@ def frame_rows(row: dict) -> list[dict]:
     } for i in range(n)]
 
 
+@register_stage
 class WriteFrameFeatures(Operator):
     name = "frame_table"
     version = "1"

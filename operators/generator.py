@@ -1,16 +1,5 @@
-"""The generation runtime: what every generator operator shares.
-
-- Weights: `resolve_checkpoint` turns a local folder or a remote folder URI (s3://, gs://, ...) into a
-  local folder (remote ones are downloaded once per machine into a content-keyed cache, atomically);
-  `load_model` loads a diffusers-style `ModelMixin` folder (config.json + *.safetensors) from it.
-  Pickled weights (.bin/.pt/.pth/.ckpt/.pkl) are never loaded: unpickling runs code, and checkpoints
-  come from shared storage. A folder that only has pickled weights is refused with a clear error.
-- Device and precision: `pick_device` ("auto": CUDA when visible, else CPU) and `pick_dtype`
-  ("auto": bf16 on CUDA when supported, else fp16; fp32 on CPU).
-- Time: `window_spans` cuts T frames into overlapping windows; `blend_windows` joins per-window
-  outputs with a linear cross-fade over each overlap, so there is no seam where windows meet.
-- `GeneratorOperator`: the operator base (actor pool, one GPU per actor when the cluster has GPUs)
-  that loads its model once per actor in `setup()` and pastes generated crops back into frames.
+"""`GeneratorOperator`: the stage base every generator shares (an actor per model replica, weights
+loaded once in `setup()` through `facefab.models.weights`, crops pasted back into frames).
 """
 
 from __future__ import annotations

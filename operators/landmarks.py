@@ -1,25 +1,9 @@
-"""FaceLandmarks: 478-point MediaPipe face mesh (468 mesh + 10 iris points) per frame of a track.
-
-Each frame is cropped to a square around the track's box (so in a multi-face clip the mesh lands
-on this track's face), the mesh runs on the crop (`mediapipe.solutions.face_mesh`, static image
-mode, `refine_landmarks=True`), and the points are mapped back to source pixels. A frame counts
-as found only when the mesh centre lies inside the track box. Output `_landmarks`:
+"""The `landmarks` stage: track row -> `_landmarks` (478-point mesh per frame, `facefab.face.mesh`).
 
 - landmarks (T,478,3) float32: x, y in source pixels; z in source pixels too, relative depth
   (MediaPipe's z scaled like x, smaller = nearer the camera); NaN where not found;
-- valid (T,) bool; image_size (2,) int32 = source width, height (for the pose camera).
-
-`MEDIAPIPE_TO_68` selects 68 of the mesh points in iBUG-300W order (the dlib/FAN convention):
-jaw 0-16 (from the subject's right ear, i.e. image left, over the chin to the left ear), brows
-17-26, nose bridge 27-30 and nostril base 31-35, eyes 36-47 (outer corner, upper lid x2, inner
-corner, lower lid x2), outer lips 48-59 and inner lips 60-67 (from the subject's right corner).
-Source: picked on MediaPipe's canonical face model (mediapipe/modules/face_geometry/data/
-canonical_face_model.obj) along the contours of `mediapipe.solutions.face_mesh_connections`
-(FACE_OVAL, *_EYEBROW, *_EYE, LIPS): jaw points resampled at equal arc length from ear level
-(127/356) to the chin (152); eyes/lids/lip points at the iBUG positions along each contour; one
-mesh vertex per point. It agrees with the correspondences commonly used for MediaPipe->dlib
-conversion (e.g. github.com/PeizhiYan/Mediapipe_2_Dlib_Landmarks, which averages two vertices at
-a few jaw/nose points) and is exactly left/right mirror-symmetric on the canonical model.
+- valid (T,) bool; image_size (2,) int32 = source width, height.
+A track with too few frames meshed (`min_valid_fraction`) fails.
 """
 
 from __future__ import annotations
@@ -32,7 +16,7 @@ import numpy as np
 from facefab.face.mesh import FaceMesher, mesh_track
 from facefab.media.arrays import pack_arrays, unpack_arrays
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import clip_frames
 
 
@@ -41,10 +25,11 @@ def face_mesher(config: FaceLandmarks.Config) -> FaceMesher:
     return FaceMesher(config.min_confidence, config.crop_scale, config.crop_px)
 
 
+@register_stage
 class FaceLandmarks(Operator):
     """Track row -> `_landmarks` (landmarks (T,478,3), valid (T,), image_size (2,))."""
 
-    name = "face_landmarks"
+    name = "landmarks"
     version = "1"
     inputs = ("video_uri", "start", "end", "fps", "_track")
     outputs = ("_landmarks", "landmark_fraction")

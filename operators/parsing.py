@@ -1,14 +1,5 @@
-"""Face parsing: per-frame label masks of a track in its aligned crop space.
-
-Face parts are polygons of the MediaPipe face-mesh contours (`face_mesh_connections.FACEMESH_*`),
-moved into the crop with the track's frame->crop affine; the rest of the person (hair, neck,
-shoulders) comes from MediaPipe selfie segmentation run on the crop itself.
-
-A label id is its position in LABEL_NAMES (stored with the masks as `label_names`). "left" and
-"right" follow MediaPipe: the subject's own left, the image's right side in a frontal view.
-
-Also home of the small crop-space helpers the other feature operators share (`read_crop`,
-`landmarks_in_crop`, `mouth_open_ratio`).
+"""The `parsing` stage: per-frame label masks of a track in its aligned crop space (mesh-contour
+polygons from `facefab.face.parsing` + MediaPipe selfie segmentation for hair/neck), `.npz`.
 """
 
 from __future__ import annotations
@@ -21,10 +12,11 @@ import numpy as np
 from facefab.face.parsing import LABEL_NAMES, FaceContours, face_label_mask, mouth_open_ratio
 from facefab.media.arrays import save_npz
 
-from .base import Operator, Resources
+from .base import Operator, Resources, register_stage
 from .track_row import landmarks_in_crop, read_crop
 
 
+@register_stage
 class FaceParsing(Operator):
     """Label masks (see LABEL_NAMES) of every track frame, at `mask_size` in crop space.
 
@@ -32,7 +24,7 @@ class FaceParsing(Operator):
     Frames without landmarks get an all-background mask and valid=False.
     """
 
-    name = "face_parsing"
+    name = "parsing"
     version = "1"
     inputs = ("crop_uri", "crop_size", "_landmarks", "_align")
     outputs = ("masks_uri", "mouth_open_ratio_mean")

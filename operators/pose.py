@@ -1,15 +1,5 @@
-"""HeadPose: yaw, pitch, roll and translation per frame from face-mesh landmarks.
-
-cv2.solvePnP (SQPnP) fits a canonical 3D face to rigid mesh points (forehead, nose, eye corners,
-cheekbones, temples: no lips or jaw, which move with speech) under a pinhole camera with focal
-length = frame width, principal point at the frame centre and no distortion. The 3D points are
-vertices of MediaPipe's canonical face model (`landmarks.CANONICAL_VERTICES`, units ~cm).
-
-Angles (degrees): yaw > 0 turns the nose toward the image right (the subject's left), pitch > 0
-raises the nose, roll > 0 tilts the face clockwise in the image. Translation (tx right, ty down,
-tz away from the camera) is in canonical units, only as exact as the focal length guess.
-Frames without landmarks are interpolated; the series is smoothed with a centred moving average.
-`_pose` = pose (T,6) float32 [yaw, pitch, roll, tx, ty, tz].
+"""The `pose` stage: track row -> `_pose` (yaw, pitch, roll, tx, ty, tz per frame) with
+`facefab.face.pose` (solvePnP on rigid mesh points; conventions there).
 """
 
 from __future__ import annotations
@@ -22,13 +12,14 @@ import numpy as np
 from facefab.face.pose import pose_track
 from facefab.media.arrays import pack_arrays, unpack_arrays
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 
 
+@register_stage
 class HeadPose(Operator):
     """Track row with `_landmarks` -> `_pose` and per-track pose summaries."""
 
-    name = "head_pose"
+    name = "pose"
     version = "1"
     inputs = ("_landmarks",)
     outputs = ("_pose", "yaw_mean", "pitch_mean", "roll_mean", "pose_max_abs")

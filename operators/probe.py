@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from facefab.media import MediaError, probe
 
-from .base import Operator, OperatorError, Resources
+from .base import Operator, OperatorError, Resources, register_stage
 
 
+@register_stage
 class ProbeVideo(Operator):
     name = "probe"
     version = "1"

@@ -1,18 +1,6 @@
-"""Quality scores of a track (stored, never thresholded) and the filter that thresholds them.
-
-`QualityScores` computes everything once; `QualityFilter` only compares columns with its Config,
-so thresholds can change without recomputing anything.
-
-Scores (columns):
-- face_size: median face-box side (sqrt of box area) / the source frame's shorter side.
-- blur: median over frames of the variance of the Laplacian of the crop's central region
-  (higher = sharper).
-- pose_extremity: max over frames of max(|yaw|, |pitch|) / pose_norm_deg (1.0 = 90 deg).
-- landmark_jitter: mean distance of stable landmarks from their own moving average (the track's
-  smooth motion), in crop-normalised units (1.0 = the crop side).
-- face_count: passed through.
-- speech_ratio: passed through when AudioFeatures ran, else computed with silero-vad.
-- av_sync, av_sync_lag: weight-free lip sync (see `av_sync_score`); None without audio.
+"""The `quality` and `filter` stages. `QualityScores` computes every score of a track once and stores
+it (definitions in `facefab.face.scores`); `QualityFilter` only compares the stored columns with its
+Config and marks rows `filtered` with every failed reason, so thresholds change without recomputing.
 """
 
 from __future__ import annotations
@@ -36,14 +24,15 @@ from facefab.face.scores import (
 from facefab.media import probe
 from facefab.media.arrays import load_npz, unpack_arrays
 
-from .base import Filtered, Operator, Resources
+from .base import Filtered, Operator, Resources, register_stage
 from .track_row import clip_audio, read_crop, video_frame_count
 
 
+@register_stage
 class QualityScores(Operator):
     """Per-track quality scores (see module docstring); nothing is thresholded here."""
 
-    name = "quality_scores"
+    name = "quality"
     version = "1"
     inputs = ("video_uri", "crop_uri", "crop_size", "fps", "_track", "_landmarks", "_align", "_pose")
     outputs = ("face_size", "blur", "pose_extremity", "landmark_jitter", "face_count", "speech_ratio",
@@ -120,6 +109,7 @@ class QualityScores(Operator):
         }
 
 
+@register_stage
 class QualityFilter(Operator):
     """Thresholds the QualityScores columns; every Config field left None is not applied.
 
@@ -128,7 +118,7 @@ class QualityFilter(Operator):
     All failed checks are listed in the Filtered reason.
     """
 
-    name = "quality_filter"
+    name = "filter"
     version = "1"
     inputs = ()
     outputs = ()

@@ -16,7 +16,7 @@ import numpy as np
 
 from facefab.media import iter_frames
 
-from .base import Filtered, Operator, Resources, stable_id
+from .base import Filtered, Operator, Resources, register_stage, stable_id
 
 ANALYSIS_WIDTH = 96
 
@@ -54,6 +54,7 @@ def split_shot(start: int, end: int, fps: float, max_clip: float, min_clip: floa
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= min_frames]
 
 
+@register_stage
 class ShotClips(Operator):
     name = "shots"
     version = "1"

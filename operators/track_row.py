@@ -116,7 +116,7 @@ def fit_length(frames: np.ndarray, n: int, what: str) -> np.ndarray:
 def read_crop(row: dict[str, Any], size: int | None, n_frames: int,
               storage_options: dict[str, Any] | None = None) -> np.ndarray:
     """(n_frames, size, size, 3) uint8 RGB frames of the row's aligned crop video (decoded once per
-    worker for all the operators that read it, see clipframes)."""
+    worker for all the operators that read it, see media.frame_cache)."""
     frames = cached_frames(row["crop_uri"], size=(size, size) if size else None, storage_options=storage_options)
     return fit_length(frames, n_frames, f"crop video {row['crop_uri']}")
 

@@ -17,7 +17,7 @@ from typing import Any
 from facefab.manifests.storage import open_fs
 from facefab.operators.align import AlignCrop
 from facefab.operators.audio import AudioFeatures, SpeechEncoder
-from facefab.operators.base import Operator, OperatorChain, Resources, RunContext
+from facefab.operators.base import STAGES, Operator, OperatorChain, Resources, RunContext
 from facefab.operators.faces import FaceTrack
 from facefab.operators.flow import OpticalFlow
 from facefab.operators.frame_table import WriteFrameFeatures
@@ -30,22 +30,9 @@ from facefab.operators.shots import ShotClips
 
 from .engine import PipelineRun, RunSummary, run_pipeline
 
-# (config section / --operators name, operator class) in DAG order
-STAGES: list[tuple[str, type[Operator]]] = [
-    ("probe", ProbeVideo),
-    ("shots", ShotClips),
-    ("faces", FaceTrack),
-    ("landmarks", FaceLandmarks),
-    ("align", AlignCrop),
-    ("pose", HeadPose),
-    ("parsing", FaceParsing),
-    ("audio", AudioFeatures),
-    ("speech_encoder", SpeechEncoder),
-    ("flow", OpticalFlow),
-    ("quality", QualityScores),
-    ("frame_table", WriteFrameFeatures),
-    ("filter", QualityFilter),
-]
+# DAG order; each name is a registered stage (operators.base.STAGES) and a section of PreprocessConfig
+STAGE_ORDER = ("probe", "shots", "faces", "landmarks", "align", "pose", "parsing", "audio", "speech_encoder", "flow",
+               "quality", "frame_table", "filter")
 OPTIONAL_STAGES = {"speech_encoder"}  # runs only when configured (a model path)
 
 
@@ -80,12 +67,12 @@ def _stage_enabled(name: str, config: PreprocessConfig) -> bool:
 
 def build_operators(config: PreprocessConfig) -> list[Operator]:
     """The operators to run, in order; validates a --operators subset against the columns."""
-    known = [name for name, _ in STAGES]
+    known = list(STAGE_ORDER)
     selected = config.operators or [n for n in known if _stage_enabled(n, config)]
     unknown = [n for n in selected if n not in known]
     if unknown:
         raise ValueError(f"unknown operator(s) {unknown}; choose from {known}")
-    ops = [cls(getattr(config, name)) for name, cls in STAGES if name in selected]
+    ops = [STAGES.get(name)(getattr(config, name)) for name in STAGE_ORDER if name in selected]
     check_columns(ops, available={"id", "video_uri"})
     return ops
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from facefab.audio.features import frame_rms
 from facefab.face.flow import RAFT_UNAVAILABLE, load_flow
@@ -28,7 +29,6 @@ from facefab.operators.parsing import FaceParsing
 from facefab.operators.quality import QualityFilter, QualityScores
 from facefab.pipelines.engine import run_local
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VIDEOS = SHARED / "videos"
 FPS = 25.0
 CROP = 512

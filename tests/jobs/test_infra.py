@@ -17,7 +17,7 @@ import yaml
 
 from facefab.jobs.spec import CONFIG_PLACEHOLDER, load_spec, materialized_argv, parse_spec, spec_to_argv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 KUBERAY = INFRA / "kuberay"
 DOCKER = INFRA / "docker"

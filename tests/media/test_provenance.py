@@ -20,7 +20,7 @@ from facefab.jobs.commands import verify as verify_cmd
 from facefab.media import MediaError, read_frames, read_metadata, write_video
 from facefab.media import provenance as prov
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_FRAMES = 50
 MODEL = "testgen-v1"
 

@@ -17,7 +17,7 @@ from facefab.media import probe, write_video
 from facefab.media.arrays import load_npz
 from facefab.pipelines.report import build_report
 
-REPO_SAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "samples"
+REPO_SAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "samples"
 
 
 def _no_face_video(path):
@@ -98,7 +98,7 @@ def test_bad_inputs_get_the_right_status_and_message(preprocessed):
 def test_summary_and_rerun_resumes(preprocessed, catalog, capsys):
     summary = json.loads((preprocessed / "summary.json").read_text())
     assert summary["manifest_counts"]["failed"] == 1 and summary["manifest_counts"]["ok"] >= 7
-    assert summary["operators"]["face_track"]["rows_per_s"] > 0
+    assert summary["operators"]["faces"]["rows_per_s"] > 0
     before = read_manifest(str(preprocessed)).num_rows
     main(["preprocess", str(catalog), "--out", str(preprocessed), "--no-progress", "--max-attempts", "1"])
     rerun = json.loads((preprocessed / "summary.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED as DATA
 
 from facefab.face.alignment import paste_back, similarity_from_landmarks, warp_to_crop
 from facefab.face.detection import Detection, detect_faces, track_faces
@@ -23,7 +24,6 @@ from facefab.operators.landmarks import FaceLandmarks
 from facefab.operators.pose import HeadPose
 from facefab.pipelines.engine import run_local
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DRIVE = DATA / "videos" / "drive_d0.mp4"  # 512x512, 25 fps, one man moving his head, no audio
 TALK_WITH_AUDIO = DATA / "videos" / "drive_d6.mp4"  # 30 fps, speech
 
