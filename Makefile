@@ -3,14 +3,21 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= out/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 # Two packages are installed without their dependencies: MediaPipe 0.10.21 (its pins would
 # downgrade numpy and break pandas/pyarrow) and invisible-watermark 0.2.0 (it pins the GUI build of
 # OpenCV, which clashes with opencv-python-headless). What they need is in pyproject.toml.
-install:
+install: browser
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0"
+
+# The report test opens report.html in headless Chromium: Debian's chromium + chromedriver (no
+# browser download). Installed with apt-get where missing; skipped when both are already there.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		  chromium chromium-driver >/dev/null; }
 
 demo: install
 	facefab preprocess samples/ --out $(OUT)

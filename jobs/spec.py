@@ -66,6 +66,8 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "max_attempts": (int, "--max-attempts"),
     "limit": (int, "--limit"),
     "progress": (bool, "--progress"),
+    "max_failed_fraction": (float, "--max-failed-fraction"),
+    "commit_seconds": (float, "--commit-seconds"),
 }
 _TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "workers": (int, "--workers"),

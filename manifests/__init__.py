@@ -1,35 +1,26 @@
-"""Manifests: versioned Arrow schemas, sharded Parquet IO over fsspec, status and resume."""
+"""Manifests: versioned Arrow schemas, sharded Parquet IO over fsspec, status and resume.
 
-from .io import ManifestWriter, read_manifest, read_table
-from .resume import ResumePlan, plan_resume
-from .schemas import (
-    COMMON_FIELDS,
-    MANIFEST_KINDS,
-    SCHEMA_VERSION,
-    STATUS_FAILED,
-    STATUS_FILTERED,
-    STATUS_OK,
-    schema_for,
-)
-from .storage import atomic_write_bytes, exists, join_uri, open_fs, read_bytes, storage_options_from_env
+The names below are loaded on first use, so `facefab.manifests.registry` (imported by the CLI and
+every layer) does not pull in pyarrow and fsspec.
+"""
 
-__all__ = [
-    "COMMON_FIELDS",
-    "MANIFEST_KINDS",
-    "SCHEMA_VERSION",
-    "STATUS_FAILED",
-    "STATUS_FILTERED",
-    "STATUS_OK",
-    "ManifestWriter",
-    "ResumePlan",
-    "atomic_write_bytes",
-    "exists",
-    "join_uri",
-    "open_fs",
-    "plan_resume",
-    "read_bytes",
-    "read_manifest",
-    "read_table",
-    "schema_for",
-    "storage_options_from_env",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ManifestWriter": "io", "read_manifest": "io", "read_table": "io",
+    "ResumePlan": "resume", "plan_resume": "resume",
+    "COMMON_FIELDS": "schemas", "MANIFEST_KINDS": "schemas", "SCHEMA_VERSION": "schemas",
+    "STATUS_FAILED": "schemas", "STATUS_FILTERED": "schemas", "STATUS_OK": "schemas", "schema_for": "schemas",
+    "atomic_write_bytes": "storage", "exists": "storage", "join_uri": "storage", "open_fs": "storage",
+    "read_bytes": "storage", "storage_options_from_env": "storage",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

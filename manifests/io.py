@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -112,16 +113,20 @@ def table_to_bytes(table: pa.Table) -> bytes:
 # -- writing ----------------------------------------------------------------------------------
 
 class ManifestWriter:
-    """Buffers rows and commits them as Parquet shards under ROOT/manifest/."""
+    """Buffers rows and commits them as Parquet shards under ROOT/manifest/: every `rows_per_shard`
+    rows, and at least every `max_seconds` while rows arrive, so an interrupted run loses at most
+    the rows of its last seconds (resume redoes inputs whose rows are incomplete)."""
 
     def __init__(self, root: str, kind: str, run_id: str, storage_options: dict[str, Any] | None = None,
-                 rows_per_shard: int = 500, folder: str = MANIFEST_DIR):
+                 rows_per_shard: int = 500, folder: str = MANIFEST_DIR, max_seconds: float | None = None):
         schema_for(kind)  # validate early
         self.root, self.kind, self.run_id = root, kind, run_id
         self.storage_options = storage_options or {}
         self.rows_per_shard = rows_per_shard
         self.folder = folder
+        self.max_seconds = max_seconds
         self._buffer: list[dict[str, Any]] = []
+        self._last_commit = time.monotonic()
         self._seq = 0
         self.shards: list[str] = []
         self.rows_written = 0
@@ -131,6 +136,8 @@ class ManifestWriter:
         while len(self._buffer) >= self.rows_per_shard:
             self._flush(self._buffer[: self.rows_per_shard])
             self._buffer = self._buffer[self.rows_per_shard:]
+        if self.max_seconds is not None and time.monotonic() - self._last_commit >= self.max_seconds:
+            self.flush()
 
     def flush(self) -> None:
         if self._buffer:
@@ -144,6 +151,7 @@ class ManifestWriter:
         self._seq += 1
         self.shards.append(uri)
         self.rows_written += len(rows)
+        self._last_commit = time.monotonic()
 
     def close(self) -> list[str]:
         self.flush()

@@ -32,6 +32,9 @@ COMMON_FIELDS: list[pa.Field] = [
     pa.field("op_versions", pa.map_(pa.string(), pa.string())),
     pa.field("op_seconds", pa.map_(pa.string(), pa.float64())),
     pa.field("run_id", pa.string()),
+    # fan-out lineage, '.'-joined 'i/n' per fan-out step ("3/12.0/2": track 0 of 2 of clip 3 of 12);
+    # resume counts an input done only when its rows cover the whole tree
+    pa.field("parts", pa.string()),
     pa.field("updated_at", pa.timestamp("ms", tz="UTC")),
 ]
 

@@ -142,6 +142,10 @@ class Operator:
         outs = result if isinstance(result, list) else [result]
         if not self.fan_out and len(outs) != 1:
             return [mark_failed(row, self.name, "OperatorBug", f"{self.name} returned {len(outs)} rows, expected 1")]
+        if self.fan_out and not outs:  # keep the input accounted for in the manifest
+            return [mark(row, STATUS_FILTERED, self.name, "Filtered", f"{self.name} produced no rows")]
+        if self.fan_out:
+            outs = [{**out, "parts": add_part(row.get("parts"), k, len(outs))} for k, out in enumerate(outs)]
         stamped = []
         for out in outs:
             merged = {**row, **out}
@@ -213,6 +217,12 @@ def _chain_inputs(members: "list[Operator]") -> tuple[str, ...]:
         needed.extend(c for c in m.inputs if c not in produced and c not in needed)
         produced.update(m.outputs)
     return tuple(needed)
+
+
+def add_part(parts: str | None, index: int, count: int) -> str:
+    """The fan-out lineage of output `index` of `count`: '.'-joined 'i/n' steps from the input row
+    (see manifests.resume.parts_complete, which tells a whole input from an interrupted one)."""
+    return f"{parts}.{index}/{count}" if parts else f"{index}/{count}"
 
 
 def _is_missing(value: Any) -> bool:

@@ -92,14 +92,14 @@ def dub_inputs(manifest: str | None = None, video: str | None = None, audio: str
     return out
 
 
-def run_dub(inputs: list[dict[str, Any]], config: DubConfig, ctx: RunContext, *, resume: bool = True,
-            max_attempts: int = 3, limit: int | None = None, progress: bool = True) -> RunSummary:
+def run_dub(inputs: list[dict[str, Any]], config: DubConfig, ctx: RunContext, **run_options: Any) -> RunSummary:
+    """Dub `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit, progress,
+    max_failed_fraction, commit_seconds)."""
     ops = build_operators(config)
     resolved = resolve_model(config)
     # rows that fail before generation still say which model the job was for
     inputs = [{**row, "model": resolved.model, "checkpoint": resolved.checkpoint} for row in inputs]
-    run = PipelineRun("dub", "dub", ctx, resume=resume, max_attempts=max_attempts, limit=limit,
-                      progress=progress, config=asdict(resolved))
+    run = PipelineRun("dub", "dub", ctx, config=asdict(resolved), **run_options)
     return run_pipeline(run, ops, inputs)
 
 

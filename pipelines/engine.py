@@ -27,7 +27,9 @@ from facefab.manifests.resume import plan_resume
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
 from facefab.manifests.storage import atomic_write_bytes, join_uri
 from facefab.operators.base import Operator, RunContext
-from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads
+from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads, quiet_console, ray_logs_dir
+
+from .progress import RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,15 @@ def run_local(operators: Sequence[Operator], rows: Iterable[dict[str, Any]], ctx
 
 
 # -- a run ----------------------------------------------------------------------------------------
+# The exit-code contract of every job command (README "Exit codes"; `facefab --help`).
+EXIT_OK = 0  # the run completed and every input is accounted for (failed rows are recorded)
+EXIT_CRASH = 1  # the run itself crashed
+EXIT_USAGE = 2  # usage or configuration error
+EXIT_TOO_MANY_FAILED = 3  # completed, but more inputs failed than --max-failed-fraction allows
+DEFAULT_MAX_FAILED_FRACTION = 0.1
+OUTCOME_COMPLETED = "completed"
+OUTCOME_TOO_MANY_FAILED = "too_many_failed"
+
 
 @dataclass
 class RunSummary:
@@ -170,14 +181,35 @@ class RunSummary:
     operators: dict[str, dict[str, float]]  # name -> rows, seconds, rows_per_s, errors
     errors: list[dict[str, str]] = field(default_factory=list)  # first few, for humans
     config: dict[str, Any] = field(default_factory=dict)
+    failed_inputs: int = 0  # inputs of this run with a failed row
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
+    # "completed": every input is accounted for in the manifest (failed rows are recorded, not
+    # fatal); "too_many_failed": completed, but failed_inputs / processed_inputs > max_failed_fraction
+    outcome: str = "completed"
+    logs: str | None = None  # Ray's log folder of this run: worker output, native library messages
+
+    @property
+    def failed_fraction(self) -> float:
+        return self.failed_inputs / self.processed_inputs if self.processed_inputs else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """The job commands' exit code for this run (see `facefab --help`)."""
+        return EXIT_TOO_MANY_FAILED if self.outcome == OUTCOME_TOO_MANY_FAILED else EXIT_OK
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+        out = {**asdict(self), "failed_fraction": round(self.failed_fraction, 4), "exit_code": self.exit_code}
+        return json.dumps(out, indent=2, sort_keys=True, default=str)
 
     def line(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.manifest_counts.items()))
-        return (f"{self.pipeline}: {self.processed_inputs}/{self.inputs} inputs processed in "
+        line = (f"{self.pipeline}: {self.processed_inputs}/{self.inputs} inputs processed in "
                 f"{self.wall_seconds:.1f}s ({self.skipped_done} already done); manifest: {counts}")
+        if self.outcome == OUTCOME_TOO_MANY_FAILED:
+            line += (f"; {self.failed_inputs} of {self.processed_inputs} inputs failed "
+                     f"({self.failed_fraction:.0%} > --max-failed-fraction {self.max_failed_fraction:g})")
+        return line
+
 
 
 @dataclass
@@ -192,7 +224,9 @@ class PipelineRun:
     limit: int | None = None
     progress: bool = True
     rows_per_shard: int = 200
+    commit_seconds: float = 10.0  # commit finished rows at least this often (interruptions lose less)
     config: dict[str, Any] = field(default_factory=dict)
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
     # reorders the inputs to process (after resume planning), e.g. largest first to shorten the tail
     order: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
@@ -212,6 +246,10 @@ def _operator_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         s["rows_per_s"] = round(s["rows"] / s["seconds"], 3) if s["seconds"] > 0 else None
         s["seconds"] = round(s["seconds"], 3)
     return stats
+
+
+def _failed_stage(row: dict[str, Any]) -> str:
+    return json.loads(row["error"]).get("operator", "?") if row.get("error") else "?"
 
 
 def _counts(statuses: Iterable[str]) -> dict[str, int]:
@@ -236,7 +274,7 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
 
     written: list[dict[str, Any]] = []
     with ManifestWriter(ctx.out_root, run.kind, ctx.run_id, ctx.storage_options,
-                        rows_per_shard=run.rows_per_shard) as writer:
+                        rows_per_shard=run.rows_per_shard, max_seconds=run.commit_seconds) as writer:
         if plan.todo:
             init_ray(progress=run.progress)
             ctx = RunContext(ctx.out_root, ctx.storage_options, ctx.run_id, ctx.use_gpu or cluster_has_gpus())
@@ -244,20 +282,32 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
             todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
             ds = ray.data.from_items(todo, override_num_blocks=len(todo))
             ds = build_dataset(ds, operators, ctx)
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                rows = batch.to_pylist()
-                writer.add(rows)
-                written.extend({k: r.get(k) for k in ("id", "status", "error", "op_seconds")} for r in rows)
+            with quiet_console() as console:
+                progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
+                try:
+                    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                        rows = batch.to_pylist()
+                        writer.add(rows)
+                        rows = [{k: r.get(k) for k in ("id", "source_id", "status", "error", "op_seconds")}
+                                for r in rows]
+                        written.extend(rows)
+                        progress.add(rows, _failed_stage)
+                finally:
+                    progress.close()
     compact(ctx.out_root, run.kind, ctx.storage_options)
     manifest = read_manifest(ctx.out_root, ctx.storage_options)
-    errors = [{"id": r["id"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
+    errors = [{"id": r["id"], "status": r["status"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
+    failed_inputs = len({r["source_id"] for r in written if r["status"] == STATUS_FAILED})
+    too_many = bool(plan.todo) and failed_inputs / len(plan.todo) > run.max_failed_fraction
     summary = RunSummary(
         pipeline=run.name, run_id=ctx.run_id, out_root=ctx.out_root,
         wall_seconds=round(time.perf_counter() - start, 3), inputs=len(inputs),
         processed_inputs=len(plan.todo), skipped_done=len(plan.done), skipped_exhausted=len(plan.exhausted),
         rows_written=len(written), run_counts=_counts(r["status"] for r in written),
         manifest_counts=_counts(manifest["status"].to_pylist()) if manifest.num_rows else _counts([]),
-        operators=_operator_stats(written), errors=errors, config=run.config,
+        operators=_operator_stats(written), errors=errors, config=run.config, failed_inputs=failed_inputs,
+        max_failed_fraction=run.max_failed_fraction, outcome=OUTCOME_TOO_MANY_FAILED if too_many else OUTCOME_COMPLETED,
+        logs=ray_logs_dir(),
     )
     atomic_write_bytes(join_uri(ctx.out_root, "summary.json"), summary.to_json().encode(), ctx.storage_options)
     return summary

@@ -117,11 +117,11 @@ def largest_first(storage_options: dict[str, Any] | None) -> Callable[[list[dict
     return order
 
 
-def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: RunContext, *,
-                   resume: bool = True, max_attempts: int = 3, limit: int | None = None,
-                   progress: bool = True) -> RunSummary:
+def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: RunContext,
+                   **run_options: Any) -> RunSummary:
+    """Preprocess `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit, progress,
+    max_failed_fraction, commit_seconds)."""
     ops = plan_stages(build_operators(config), config)
-    run = PipelineRun("preprocess", "clips", ctx, resume=resume, max_attempts=max_attempts, limit=limit,
-                      progress=progress, config=asdict(config),
-                      order=largest_first(ctx.storage_options) if config.largest_first else None)
+    run = PipelineRun("preprocess", "clips", ctx, config=asdict(config),
+                      order=largest_first(ctx.storage_options) if config.largest_first else None, **run_options)
     return run_pipeline(run, ops, inputs)

@@ -131,7 +131,7 @@ def build_report(root: str, storage_options: dict[str, Any] | None = None, max_c
     if summary.get("operators"):
         parts.append("<h2>Operators (last run)</h2><table><tr><th>operator</th><th>rows</th><th>rows/s (worker time)</th><th>errors</th></tr>")
         for name, s in sorted(summary["operators"].items()):
-            parts.append(f"<tr><td>{name}</td><td>{s.get('rows')}</td><td>{_fmt(s.get('rows_per_s'))}</td><td>{s.get('errors')}</td></tr>")
+            parts.append(f"<tr><td>{html.escape(name)}</td><td>{s.get('rows')}</td><td>{_fmt(s.get('rows_per_s'))}</td><td>{s.get('errors')}</td></tr>")
         parts.append("</table>")
 
     parts.append("<h2>Scores</h2><div class=grid>")
@@ -164,4 +164,4 @@ def build_report(root: str, storage_options: dict[str, Any] | None = None, max_c
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px} table{border-collapse:collapse;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} .grid img{margin:4px}"
              ".clip{margin:1.2em 0} .err{color:#b00}")
-    return f"<!doctype html><html><head><meta charset=utf-8><title>facefab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    return f"<!doctype html><html><head><meta charset=utf-8><link rel=icon href='data:,'><title>facefab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

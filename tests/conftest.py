@@ -1,4 +1,16 @@
-"""Shared fixtures: the shared media folder and a real S3 server on loopback (moto_server).
+"""Shared fixtures: the test media folder and a real S3 server on loopback (moto_server).
+
+Media. Every test that reads real media takes it from `SHARED` (also the `shared_data` fixture):
+`tests/data/`, small trimmed copies of the shared example media bundled with the repository
+(videos/, audio/, portraits/; sources, MIT licence and every cut in tests/data/README.md,
+re-created by `python tests/data/make_test_media.py PATH/TO/shared/data`). So `make test` runs on
+what is in the repository, with nothing beside the clone.
+
+`FACEFAB_SHARED_DATA=/path/to/shared/data` runs the media tests on another folder of the same
+layout instead, e.g. the full originals. The bundled copies are cut from 0 s, so every test window
+reads the same moments there; the few expectations on whole files (durations and frame counts in
+tests/media/test_media_io.py, the clip counts of tests/pipelines/test_engine.py) describe the
+bundled copies and differ on the full originals. Unset or empty, the bundled media are used.
 
 The S3 server is a separate process speaking the S3 HTTP protocol, like s3fs's own test suite
 uses; our code talks to it through s3fs/botocore exactly as it would to AWS or MinIO.
@@ -17,16 +29,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "tests" / "data"  # the media bundled with the repository
 
 
 def _find_shared() -> Path:
-    candidates = [Path(os.environ["FACEFAB_SHARED_DATA"])] if os.environ.get("FACEFAB_SHARED_DATA") else []
-    candidates += [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
-    for c in candidates:
-        if (c / "videos").is_dir():
-            return c
-    raise RuntimeError(f"shared test media not found; looked in {[str(c) for c in candidates]} "
-                       "(set FACEFAB_SHARED_DATA)")
+    """tests/data, or the folder $FACEFAB_SHARED_DATA names (it must hold videos/)."""
+    override = os.environ.get("FACEFAB_SHARED_DATA")
+    folder = Path(override).expanduser() if override else BUNDLED
+    if not (folder / "videos").is_dir():
+        where = f"FACEFAB_SHARED_DATA={override!r}" if override else "the bundled tests/data"
+        raise RuntimeError(f"test media not found: {where} has no videos/ folder "
+                           f"(re-create tests/data with tests/data/make_test_media.py)")
+    return folder
 
 
 SHARED = _find_shared()

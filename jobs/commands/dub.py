@@ -42,14 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from facefab.operators.dub import DubConfig
     from facefab.pipelines.dub import build_operators, dub_inputs, run_dub
 
+    from ..cli import report_run, run_options
+
     config = build_config(DubConfig, args, args.config)
     build_operators(config)  # fail fast on a bad setting, before Ray starts
     opts = storage_options_from_env(args.storage_options)
     inputs = dub_inputs(args.manifest, args.video, args.audio, opts)
-    summary = run_dub(inputs, config, RunContext(args.out, opts), resume=args.resume,
-                      max_attempts=args.max_attempts, limit=args.limit, progress=args.progress)
-    print(summary.line())
-    print(f"outputs: {join_uri(args.out, 'outputs')}")
-    for err in summary.errors[:10]:
-        print(f"  failed {err['id']}: [{err.get('operator')}] {err.get('type')}: {err.get('message')}")
-    return 0 if summary.run_counts.get("failed", 0) == 0 else 1
+    summary = run_dub(inputs, config, RunContext(args.out, opts), **run_options(args))
+    return report_run(summary, outputs=join_uri(args.out, 'outputs'))

@@ -33,13 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from facefab.pipelines.inputs import video_inputs
     from facefab.pipelines.preprocess import PreprocessConfig, build_operators, run_preprocess
 
+    from ..cli import report_run, run_options
+
     config = build_config(PreprocessConfig, args, args.config)
     build_operators(config)  # fail fast on a bad --operators subset, before Ray starts
     opts = storage_options_from_env(args.storage_options)
     inputs = video_inputs(args.inputs, opts)
-    summary = run_preprocess(inputs, config, RunContext(args.out, opts), resume=args.resume,
-                             max_attempts=args.max_attempts, limit=args.limit, progress=args.progress)
-    print(summary.line())
-    for err in summary.errors[:10]:
-        print(f"  failed {err['id']}: [{err.get('operator')}] {err.get('type')}: {err.get('message')}")
-    return 0 if summary.run_counts.get("failed", 0) == 0 else 1
+    summary = run_preprocess(inputs, config, RunContext(args.out, opts), **run_options(args))
+    return report_run(summary)

@@ -22,7 +22,7 @@ def catalog(tmp_path, shared_data):
     """Three real videos and one corrupt file (a real mp4 cut to its first 20 kB)."""
     folder = tmp_path / "videos"
     folder.mkdir()
-    for name in ("drive_d0.mp4", "drive_d3.mp4", "talk_yongen.mp4"):
+    for name in ("drive_d0.mp4", "drive_d3.mp4", "drive_d6.mp4"):
         shutil.copy(shared_data / "videos" / name, folder / name)
     (folder / "broken.mp4").write_bytes((shared_data / "videos" / "drive_d6.mp4").read_bytes()[:20_000])
     return folder
@@ -53,7 +53,7 @@ def test_toy_dag_isolates_corrupt_input_and_resumes(where, catalog, tmp_path, ra
     assert "broken.mp4" in broken[0]["error"]["message"]
     assert all(r["status"] == "ok" for rs in rows.values() for r in rs)
     assert len(rows["drive_d0.mp4"]) == 1  # 3.1 s: one clip
-    assert len(rows["drive_d3.mp4"]) == 2  # 11.8 s: split under the 10 s maximum
+    assert len(rows["drive_d3.mp4"]) == 2  # 10.4 s: split under the 10 s maximum
     assert all(r["end"] - r["start"] <= 10.0 + 1e-6 for rs in rows.values() for r in rs)
     assert summary.run_counts == {"ok": 5, "failed": 1, "filtered": 0}
     assert summary.operators["probe"]["errors"] == 1

@@ -44,7 +44,7 @@ def catalog(tmp_path_factory, shared_data):
 def preprocessed(catalog, tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("pre") / "root"
     code = main(["preprocess", str(catalog), "--out", str(root), "--no-progress"])
-    assert code == 1  # the corrupt input failed; the run itself completed
+    assert code == 3  # completed, but 1 of 9 inputs (the corrupt one) failed: above the default 0.1
     return root
 
 
@@ -98,11 +98,14 @@ def test_bad_inputs_get_the_right_status_and_message(preprocessed):
 def test_summary_and_rerun_resumes(preprocessed, catalog, capsys):
     summary = json.loads((preprocessed / "summary.json").read_text())
     assert summary["manifest_counts"]["failed"] == 1 and summary["manifest_counts"]["ok"] >= 7
+    assert summary["outcome"] == "too_many_failed" and summary["exit_code"] == 3
+    assert summary["failed_inputs"] == 1 and summary["failed_fraction"] == pytest.approx(1 / 9, abs=1e-4)
     assert summary["operators"]["faces"]["rows_per_s"] > 0
     before = read_manifest(str(preprocessed)).num_rows
     main(["preprocess", str(catalog), "--out", str(preprocessed), "--no-progress", "--max-attempts", "1"])
     rerun = json.loads((preprocessed / "summary.json").read_text())
     assert rerun["processed_inputs"] == 0 and rerun["skipped_done"] == 8 and rerun["skipped_exhausted"] == 1
+    assert rerun["outcome"] == "completed" and rerun["exit_code"] == 0
     assert read_manifest(str(preprocessed)).num_rows == before
 
 
