@@ -63,6 +63,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failed-fraction", type=_fraction, default=0.1, metavar="F",
                         help="exit 3 when more than this fraction of the run's inputs failed (default 0.1)")
     parser.add_argument("--limit", type=int, default=None, help="process at most this many inputs")
+    parser.add_argument("--allow-input-roots", default=None, metavar="ROOT[,ROOT]",
+                        help="read inputs only under these roots (local folders, s3://bucket/prefix, "
+                             "https://host/); default: any local or object-store input, no http(s)")
     parser.add_argument("--commit-seconds", type=float, default=10.0, metavar="S",
                         help="commit finished rows to the manifest at least this often (default 10)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
@@ -143,7 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_context(args: argparse.Namespace, storage_options: dict):
+    """The RunContext of a job command: ROOT, store options and the input allow-list."""
+    from facefab.operators.base import RunContext
+
+    roots = tuple(r for r in (args.allow_input_roots or "").split(",") if r) or None
+    return RunContext(args.out, storage_options, allowed_input_roots=roots)
+
+
 def _run_command(args: argparse.Namespace) -> int:
+    from facefab.manifests.storage import absolute_uri
+
+    for name in ("out", "data"):  # manifests store absolute URIs: workers run in other directories
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, absolute_uri(getattr(args, name)))
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -337,8 +337,9 @@ def spec_to_argv(spec: JobSpec, config_path: str | None = None) -> list[str]:
     return argv
 
 
-def config_yaml(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.config, sort_keys=False, default_flow_style=False)
+def config_yaml(spec: JobSpec, redacted: bool = False) -> str:
+    config = redact_mapping(spec.config) if redacted else spec.config
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
 @contextlib.contextmanager
@@ -353,10 +354,26 @@ def materialized_argv(spec: JobSpec) -> Iterator[list[str]]:
         yield spec_to_argv(spec, config_path=path)
 
 
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private|(^|_)key$", re.I)
+
+
 def redact_argv(argv: list[str]) -> list[str]:
-    """argv for logs: the --storage-options value (it may hold credentials) replaced."""
-    out = list(argv)
+    """argv for logs and --dry-run: the --storage-options value (it may hold credentials) and the
+    user:password part of any URI replaced."""
+    out = [_URI_USERINFO.sub(r"\g<scheme><redacted>@", a) for a in argv]
     for i, a in enumerate(out[:-1]):
         if a == "--storage-options":
             out[i + 1] = "<redacted>"
     return out
+
+
+def redact_mapping(value: Any) -> Any:
+    """A config for display: values under secret-looking keys (secret, password, token, *_key) and
+    URI credentials replaced, recursively."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if isinstance(k, str) and _SECRET_KEY.search(k) else redact_mapping(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_mapping(v) for v in value]
+    return _URI_USERINFO.sub(r"\g<scheme><redacted>@", value) if isinstance(value, str) else value

@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -81,6 +81,32 @@ def is_local(uri: str) -> bool:
 
 def local_path_of(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute, so manifests stay valid for Ray workers and later jobs that run in
+    other directories; URIs with a scheme are returned unchanged."""
+    if not isinstance(uri, str) or not uri or ("://" in uri and not uri.startswith("file://")):
+        return uri
+    return os.path.abspath(local_path_of(uri))
+
+
+# Schemes that make this process fetch from arbitrary hosts; an input URI may use them only when an
+# allowed root names them (`--allow-input-roots https://media.example.com/`).
+_FETCH_SCHEMES = ("http://", "https://", "ftp://")
+
+
+def check_input_uri(uri: str, allowed_roots: Sequence[str] | None = None) -> None:
+    """Raise PermissionError unless `uri` may be read as an input: with `allowed_roots`, it must lie
+    under one of them; without, anything but http(s)/ftp (server-side requests to any host)."""
+    uri = absolute_uri(uri)
+    if allowed_roots:
+        roots = [absolute_uri(r).rstrip("/") + "/" for r in allowed_roots]
+        if not any(uri.startswith(root) for root in roots):
+            raise PermissionError(f"input '{uri}' is outside the allowed input roots {roots}")
+    elif uri.lower().startswith(_FETCH_SCHEMES):
+        raise PermissionError(f"input '{uri}': {uri.split('://')[0]} inputs are off; allow their host "
+                              "with --allow-input-roots")
 
 
 def join_uri(root: str, *parts: str) -> str:

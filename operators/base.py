@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from facefab.manifests.registry import Registry
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
-from facefab.manifests.storage import join_uri
+from facefab.manifests.storage import check_input_uri, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,14 @@ class RunContext:
     storage_options: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     use_gpu: bool = False
+    allowed_input_roots: tuple[str, ...] | None = None  # see manifests.storage.check_input_uri
+
+    def check_input(self, uri: str) -> None:
+        """A row error (OperatorError) when `uri` may not be read as an input."""
+        try:
+            check_input_uri(uri, self.allowed_input_roots)
+        except PermissionError as exc:
+            raise OperatorError(str(exc)) from None
 
     def artifact_uri(self, kind: str, row_id: str, suffix: str) -> str:
         # Two-level fan-out by id prefix keeps folders small on object stores and local disks.

@@ -229,6 +229,8 @@ class DubAnalyze(Operator):
         from facefab.media import MediaError, probe, read_audio, read_frames
 
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
+        self.ctx.check_input(row["video_uri"])
+        self.ctx.check_input(row["audio_uri"])
         with timer("audio_decode"):
             new_audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
         try:

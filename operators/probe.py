@@ -27,13 +27,16 @@ class ProbeVideo(Operator):
         max_duration: float | None = None  # seconds; None = no limit
 
     def process_row(self, row):
+        self.ctx.check_input(row["video_uri"])
         try:
             info = probe(row["video_uri"], self.ctx.storage_options)
         except MediaError as exc:
             raise OperatorError(str(exc)) from None
         if not info.has_video:
             raise OperatorError(f"'{row['video_uri']}' has no video stream")
-        if info.duration < self.config.min_duration or info.num_frames < 2:
+        if info.num_frames < 2:
+            raise OperatorError(f"'{row['video_uri']}' holds a single image, not a video")
+        if info.duration < self.config.min_duration:
             raise OperatorError(f"video is {info.duration:.2f} s ({info.num_frames} frames); "
                                 f"the minimum is {self.config.min_duration} s")
         if self.config.max_duration and info.duration > self.config.max_duration:

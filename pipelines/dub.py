@@ -8,10 +8,10 @@ out_uri, out_name, duration) plus the scores and `stage_seconds` (JSON: seconds 
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, replace
 from typing import Any
 
+from facefab.manifests.storage import absolute_uri
 from facefab.operators.base import Operator, Resources, RunContext, stable_id
 from facefab.operators.dub import DubAnalyze, DubConfig, DubScore, LipSync, validate
 
@@ -40,11 +40,6 @@ def build_operators(config: DubConfig) -> list[Operator]:
     if config.score:
         ops.append(DubScore(config))
     return ops
-
-
-def _absolute(uri: Any) -> Any:
-    # Ray workers may not share the driver's working directory.
-    return os.path.abspath(uri) if isinstance(uri, str) and uri and "://" not in uri else uri
 
 
 def _check_out_names(rows: list[dict[str, Any]]) -> None:
@@ -82,7 +77,9 @@ def dub_inputs(manifest: str | None = None, video: str | None = None, audio: str
         raise ValueError("nothing to dub: give a MANIFEST, or both --video and --audio")
     rows: dict[str, dict[str, Any]] = {}
     for rec in records:
-        rec = {**rec, "video_uri": _absolute(rec.get("video_uri")), "audio_uri": _absolute(rec.get("audio_uri"))}
+        rec = {**rec, "video_uri": absolute_uri(rec.get("video_uri")), "audio_uri": absolute_uri(rec.get("audio_uri"))}
+        if rec.get("out_name") is not None:  # a CSV column of numbers reads as integers
+            rec["out_name"] = str(rec["out_name"])
         row_id = stable_id("dub", rec["video_uri"], rec["audio_uri"], rec.get("job_id"))
         rows.setdefault(row_id, {**rec, "id": row_id, "job_id": rec.get("job_id") or row_id})
     if not rows:

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from facefab.manifests.storage import open_fs
+from facefab.manifests.storage import absolute_uri, open_fs
 from facefab.operators.base import stable_id
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -55,7 +55,8 @@ def video_inputs(specs: list[str], storage_options: dict[str, Any] | None = None
             for rec in read_catalog_table(spec, storage_options):
                 if not rec.get("video_uri"):
                     raise ValueError(f"{spec}: every row needs a video_uri column value")
-                rows.setdefault(rec["video_uri"], {**rec, "id": stable_id("video", rec["video_uri"])})
+                uri = absolute_uri(str(rec["video_uri"]))
+                rows.setdefault(uri, {**rec, "video_uri": uri, "id": stable_id("video", uri)})
             continue
         for uri in list_videos(spec, storage_options):
             rows.setdefault(uri, {"id": stable_id("video", uri), "video_uri": uri})

@@ -38,15 +38,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import join_uri, storage_options_from_env
-    from facefab.operators.base import RunContext
     from facefab.operators.dub import DubConfig
     from facefab.pipelines.dub import build_operators, dub_inputs, run_dub
 
-    from ..cli import report_run, run_options
+    from ..cli import report_run, run_context, run_options
 
     config = build_config(DubConfig, args, args.config)
     build_operators(config)  # fail fast on a bad setting, before Ray starts
     opts = storage_options_from_env(args.storage_options)
     inputs = dub_inputs(args.manifest, args.video, args.audio, opts)
-    summary = run_dub(inputs, config, RunContext(args.out, opts), **run_options(args))
+    summary = run_dub(inputs, config, run_context(args, opts), **run_options(args))
     return report_run(summary, outputs=join_uri(args.out, 'outputs'))

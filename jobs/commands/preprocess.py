@@ -29,15 +29,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import storage_options_from_env
-    from facefab.operators.base import RunContext
     from facefab.pipelines.inputs import video_inputs
     from facefab.pipelines.preprocess import PreprocessConfig, build_operators, run_preprocess
 
-    from ..cli import report_run, run_options
+    from ..cli import report_run, run_context, run_options
 
     config = build_config(PreprocessConfig, args, args.config)
     build_operators(config)  # fail fast on a bad --operators subset, before Ray starts
     opts = storage_options_from_env(args.storage_options)
     inputs = video_inputs(args.inputs, opts)
-    summary = run_preprocess(inputs, config, RunContext(args.out, opts), **run_options(args))
+    summary = run_preprocess(inputs, config, run_context(args, opts), **run_options(args))
     return report_run(summary)

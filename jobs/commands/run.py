@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # ValueError / FileNotFoundError: one clear line from cli.main
     verbose = ["-v"] * int(getattr(args, "verbose", 0) or 0)
     if args.dry_run:
-        print(shlex.join(["facefab", *verbose, *spec_to_argv(spec)]))
+        print(shlex.join(["facefab", *verbose, *redact_argv(spec_to_argv(spec))]))
         if spec.config:
             print(f"# {CONFIG_PLACEHOLDER}: written from the spec's `config` to a temporary file when it runs")
-            print(config_yaml(spec), end="")
+            print(config_yaml(spec, redacted=True), end="")
         return 0
 
     from ..cli import main

@@ -399,6 +399,19 @@ def test_dry_run_prints_the_argv(cli, capsys, tmp_path, monkeypatch):
     assert yaml.safe_load("\n".join(lines[2:]))["run_name"] == "facevid2vid-paper"
 
 
+def test_dry_run_never_prints_secrets(cli, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("S3_SECRET", "hunter2-very-secret")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({
+        "version": 1, "kind": "preprocess", "inputs": "s3://user:${S3_SECRET}@bucket/in", "out": "s3://bucket/out",
+        "storage_options": {"key": "AKIA", "secret": "${S3_SECRET}"},
+        "config": {"speech_encoder": {"model_path": "s3://u:${S3_SECRET}@b/m"}}}))
+    assert cli.main(["run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "<redacted>" in out
+    assert "s3://bucket/out" in out  # the rest of the command stays readable
+
+
 def test_spec_env_expansion_paths_and_flags(tmp_path):
     env = {"BUCKET": "b", "EP": "http://127.0.0.1:9000"}
     spec = parse_spec({

@@ -298,3 +298,19 @@ def test_inputs_are_stable_and_checked(tmp_path):
         dub_inputs(str(table))
     with pytest.raises(ValueError, match="not both"):
         dub_inputs(str(table), video="v.mp4", audio="a.wav")
+    pd.DataFrame({"video_uri": ["v.mp4", "w.mp4"], "audio_uri": ["a.wav", "a.wav"],
+                  "out_name": [7, 8]}).to_csv(table, index=False)
+    assert sorted(r["out_name"] for r in dub_inputs(str(table))) == ["7", "8"]  # numbers are names too
+
+
+def test_http_inputs_are_refused_unless_allowed(tmp_path):
+    from facefab.pipelines.engine import run_local
+
+    config = DubConfig(score=False)
+    rows = dub_inputs(video="http://169.254.169.254/latest/meta-data/v.mp4", audio=str(tmp_path / "a.wav"))
+    (row,) = run_local(build_operators(config), rows, RunContext(str(tmp_path)))
+    assert row["status"] == "failed" and "http inputs are off" in json.loads(row["error"])["message"]
+    allowed = RunContext(str(tmp_path), allowed_input_roots=(str(tmp_path / "media"),))
+    rows = dub_inputs(video=str(tmp_path / "elsewhere" / "v.mp4"), audio=str(tmp_path / "media" / "a.wav"))
+    (row,) = run_local(build_operators(config), rows, allowed)
+    assert row["status"] == "failed" and "outside the allowed input roots" in json.loads(row["error"])["message"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -148,3 +150,18 @@ def test_preprocess_to_s3_and_resume(s3_root, ray_local):
     assert probe(row["crop_uri"], opts).has_audio
     assert main(args) == 0
     assert json.loads(read_bytes(root + "/summary.json", opts))["skipped_done"] == 1
+
+
+def test_relative_root_stores_absolute_uris_and_an_image_is_named_as_such(tmp_path, monkeypatch, shared_data,
+                                                                          ray_local):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(REPO_SAMPLES / "halfbody_sun_3s.mp4", inputs / "sun.mp4")
+    shutil.copy(shared_data / "portraits" / "hallo_2.jpg", inputs / "photo.mp4")  # an image with a video name
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", "in", "--out", "data", "--no-progress", "--max-failed-fraction", "0.5"]) == 0
+    rows = {Path(r["video_uri"]).name: r for r in read_manifest(str(tmp_path / "data")).to_pylist()}
+    assert "single image, not a video" in rows["photo.mp4"]["error"]["message"]
+    sun = rows["sun.mp4"]
+    for column in ("video_uri", "crop_uri", "frames_uri", "masks_uri", "audio_features_uri", "flow_uri"):
+        assert os.path.isabs(sun[column]) and os.path.exists(sun[column]), column
