@@ -14,6 +14,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -67,11 +68,25 @@ def _normalise_s3_options(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+# Bounded waits on S3 calls: a store that stops answering ends the call with an error (naming the
+# endpoint) in about a minute instead of hanging; user options override each value.
+S3_CLIENT_DEFAULTS = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2, "mode": "standard"}}
+S3FS_RETRIES = 1  # s3fs's own retry loop (default 5) would multiply botocore's attempts above
+
+
+def _with_s3_defaults(opts: dict[str, Any]) -> dict[str, Any]:
+    return {**opts, "config_kwargs": {**S3_CLIENT_DEFAULTS, **(opts.get("config_kwargs") or {})}}
+
+
 def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path) for a local path, file:// or any fsspec URI (s3://, gs://, memory://)."""
     protocol = uri.split("://", 1)[0] if "://" in uri else "file"
     opts = storage_options if protocol not in ("file", "local") else {}
+    if protocol in ("s3", "s3a"):
+        opts = _with_s3_defaults(opts or {})
     fs, path = fsspec.core.url_to_fs(uri, **(opts or {}))
+    if protocol in ("s3", "s3a"):
+        fs.retries = S3FS_RETRIES
     return fs, path
 
 
@@ -193,3 +208,48 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     fs, path = open_fs(uri, storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def remove_stale_temps(root: str) -> int:
+    """Delete the temp files `atomic_output` leaves behind when a process is killed mid-write
+    (dot-names ending in .tmp) under a local ROOT; call it only while holding ROOT's lease. Object
+    stores never see them (uploads are single PUTs). Returns how many were removed."""
+    if not is_local(root) or not os.path.isdir(local_path_of(root)):
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(local_path_of(root)):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+class StoreUnreachable(OSError):
+    """The object store behind a URI did not answer in time."""
+
+
+def check_reachable(uri: str, storage_options: dict[str, Any] | None = None, timeout: float = 60.0) -> None:
+    """Fail fast, in one line naming the endpoint, when the store behind a remote `uri` does not
+    answer a listing within `timeout` seconds (a store that accepts connections and then hangs would
+    otherwise stall the run). Local paths pass at once."""
+    if is_local(uri):
+        return
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            fs, path = open_fs(uri, storage_options)
+            fs.ls(path.split("/", 1)[0], detail=False)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=probe, name="facefab-store-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    endpoint = ((storage_options or {}).get("client_kwargs") or {}).get("endpoint_url") or uri.split("://")[0]
+    if not outcome:
+        raise StoreUnreachable(f"object store {endpoint} did not answer within {timeout:.0f} s ({uri})")
+    if outcome[0] is not None and not isinstance(outcome[0], FileNotFoundError):
+        raise StoreUnreachable(f"object store {endpoint}: {type(outcome[0]).__name__}: {outcome[0]}") from outcome[0]

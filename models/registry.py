@@ -67,11 +67,11 @@ for _spec in [
                   "lip dubbing: Conformer audio->lip/jaw landmarks, then a UNet renders the lip region",
                   operator="facefab.operators.dub:LipSync",
                   model="facefab.models.mytalk:MyTalkPipeline",
-                  trainable=("mytalk-motion", "mytalk-render")),
+                  trainable=("mytalk", "mytalk-motion", "mytalk-render")),
     GeneratorSpec("mofa-video", "MOFA-Video", "animate", ("reference_uri", "video_uri"),
                   "image animation through sparse-to-dense motion (landmark / trajectory hints)"),
     GeneratorSpec("face-vid2vid", "face-vid2vid", "animate", ("reference_uri", "video_uri"),
-                  "one-shot talking-head reenactment with 3D keypoints"),
+                  "one-shot talking-head reenactment with 3D keypoints", trainable=("facevid2vid",)),
 ]:
     GENERATORS.register(_spec.name)(_spec)
 

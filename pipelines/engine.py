@@ -17,15 +17,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from facefab.manifests.io import ManifestWriter, compact, new_run_id, read_manifest
+from facefab.manifests.lease import RootLease
 from facefab.manifests.resume import plan_resume
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
-from facefab.manifests.storage import atomic_write_bytes, join_uri
+from facefab.manifests.storage import atomic_write_bytes, check_reachable, join_uri, remove_stale_temps
 from facefab.operators.base import Operator, RunContext
 from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads, quiet_console, ray_logs_dir
 
@@ -224,7 +225,8 @@ class PipelineRun:
     limit: int | None = None
     progress: bool = True
     rows_per_shard: int = 200
-    commit_seconds: float = 10.0  # commit finished rows at least this often (interruptions lose less)
+    commit_seconds: float = 10.0
+    lease_wait: float = 0.0  # seconds to wait for another run on the same ROOT before giving up  # commit finished rows at least this often (interruptions lose less)
     config: dict[str, Any] = field(default_factory=dict)
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
     # reorders the inputs to process (after resume planning), e.g. largest first to shorten the tail
@@ -266,48 +268,53 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
     start = time.perf_counter()
     ctx = run.ctx
     if not ctx.run_id:
-        ctx = RunContext(ctx.out_root, ctx.storage_options, new_run_id(), ctx.use_gpu)
-    inputs = inputs[: run.limit] if run.limit else inputs
-    existing = read_manifest(ctx.out_root, ctx.storage_options)
-    plan = plan_resume(inputs, existing, resume=run.resume, max_attempts=run.max_attempts)
-    log.info("%s: %s", run.name, plan.describe())
+        ctx = replace(ctx, run_id=new_run_id())
+    check_reachable(ctx.out_root, ctx.storage_options)
+    with RootLease(ctx.out_root, ctx.run_id, ctx.storage_options, wait_seconds=run.lease_wait, what=run.name):
+        removed = remove_stale_temps(ctx.out_root)
+        if removed:
+            log.info("%s: removed %d temp file(s) left by an interrupted run", run.name, removed)
+        inputs = inputs[: run.limit] if run.limit else inputs
+        existing = read_manifest(ctx.out_root, ctx.storage_options)
+        plan = plan_resume(inputs, existing, resume=run.resume, max_attempts=run.max_attempts)
+        log.info("%s: %s", run.name, plan.describe())
 
-    written: list[dict[str, Any]] = []
-    with ManifestWriter(ctx.out_root, run.kind, ctx.run_id, ctx.storage_options,
-                        rows_per_shard=run.rows_per_shard, max_seconds=run.commit_seconds) as writer:
-        if plan.todo:
-            init_ray(progress=run.progress)
-            ctx = RunContext(ctx.out_root, ctx.storage_options, ctx.run_id, ctx.use_gpu or cluster_has_gpus())
-            todo = run.order(plan.todo) if run.order else plan.todo
-            todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
-            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-            ds = build_dataset(ds, operators, ctx)
-            with quiet_console() as console:
-                progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
-                try:
-                    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                        rows = batch.to_pylist()
-                        writer.add(rows)
-                        rows = [{k: r.get(k) for k in ("id", "source_id", "status", "error", "op_seconds")}
-                                for r in rows]
-                        written.extend(rows)
-                        progress.add(rows, _failed_stage)
-                finally:
-                    progress.close()
-    compact(ctx.out_root, run.kind, ctx.storage_options)
-    manifest = read_manifest(ctx.out_root, ctx.storage_options)
-    errors = [{"id": r["id"], "status": r["status"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
-    failed_inputs = len({r["source_id"] for r in written if r["status"] == STATUS_FAILED})
-    too_many = bool(plan.todo) and failed_inputs / len(plan.todo) > run.max_failed_fraction
-    summary = RunSummary(
-        pipeline=run.name, run_id=ctx.run_id, out_root=ctx.out_root,
-        wall_seconds=round(time.perf_counter() - start, 3), inputs=len(inputs),
-        processed_inputs=len(plan.todo), skipped_done=len(plan.done), skipped_exhausted=len(plan.exhausted),
-        rows_written=len(written), run_counts=_counts(r["status"] for r in written),
-        manifest_counts=_counts(manifest["status"].to_pylist()) if manifest.num_rows else _counts([]),
-        operators=_operator_stats(written), errors=errors, config=run.config, failed_inputs=failed_inputs,
-        max_failed_fraction=run.max_failed_fraction, outcome=OUTCOME_TOO_MANY_FAILED if too_many else OUTCOME_COMPLETED,
-        logs=ray_logs_dir(),
-    )
-    atomic_write_bytes(join_uri(ctx.out_root, "summary.json"), summary.to_json().encode(), ctx.storage_options)
-    return summary
+        written: list[dict[str, Any]] = []
+        with ManifestWriter(ctx.out_root, run.kind, ctx.run_id, ctx.storage_options,
+                            rows_per_shard=run.rows_per_shard, max_seconds=run.commit_seconds) as writer:
+            if plan.todo:
+                init_ray(progress=run.progress)
+                ctx = replace(ctx, use_gpu=ctx.use_gpu or cluster_has_gpus())
+                todo = run.order(plan.todo) if run.order else plan.todo
+                todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
+                ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+                ds = build_dataset(ds, operators, ctx)
+                with quiet_console() as console:
+                    progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
+                    try:
+                        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                            rows = batch.to_pylist()
+                            writer.add(rows)
+                            rows = [{k: r.get(k) for k in ("id", "source_id", "status", "error", "op_seconds")}
+                                    for r in rows]
+                            written.extend(rows)
+                            progress.add(rows, _failed_stage)
+                    finally:
+                        progress.close()
+        compact(ctx.out_root, run.kind, ctx.storage_options)
+        manifest = read_manifest(ctx.out_root, ctx.storage_options)
+        errors = [{"id": r["id"], "status": r["status"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
+        failed_inputs = len({r["source_id"] for r in written if r["status"] == STATUS_FAILED})
+        too_many = bool(plan.todo) and failed_inputs / len(plan.todo) > run.max_failed_fraction
+        summary = RunSummary(
+            pipeline=run.name, run_id=ctx.run_id, out_root=ctx.out_root,
+            wall_seconds=round(time.perf_counter() - start, 3), inputs=len(inputs),
+            processed_inputs=len(plan.todo), skipped_done=len(plan.done), skipped_exhausted=len(plan.exhausted),
+            rows_written=len(written), run_counts=_counts(r["status"] for r in written),
+            manifest_counts=_counts(manifest["status"].to_pylist()) if manifest.num_rows else _counts([]),
+            operators=_operator_stats(written), errors=errors, config=run.config, failed_inputs=failed_inputs,
+            max_failed_fraction=run.max_failed_fraction, outcome=OUTCOME_TOO_MANY_FAILED if too_many else OUTCOME_COMPLETED,
+            logs=ray_logs_dir(),
+        )
+        atomic_write_bytes(join_uri(ctx.out_root, "summary.json"), summary.to_json().encode(), ctx.storage_options)
+        return summary

@@ -110,8 +110,8 @@ def largest_first(storage_options: dict[str, Any] | None) -> Callable[[list[dict
             try:
                 fs, path = open_fs(row["video_uri"], storage_options)
                 sizes[row["id"]] = fs.size(path) or 0
-            except (OSError, ValueError):
-                sizes[row["id"]] = 0  # unreadable inputs fail in `probe` with a clear error
+            except Exception:  # noqa: BLE001 - missing, unreachable or no credentials: `probe` fails that row
+                sizes[row["id"]] = 0
         return sorted(rows, key=lambda r: -sizes[r["id"]])
 
     return order

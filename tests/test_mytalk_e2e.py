@@ -90,6 +90,28 @@ def dubbed(trained, data_root, shared_data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+def test_train_mytalk_trains_both_stages_with_fitted_workers_and_the_dub_loads_them(data_root, shared_data,
+                                                                                    tmp_path):
+    """`facefab train mytalk` (the name `facefab models` shows) runs both stages in order into
+    CKPT/mytalk/; --workers 2 without --cpus-per-worker fits the 2-core machine."""
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "mytalk", "--data", data_root, "--out", str(ckpt), "--preset", "tiny", "--workers", "2",
+                 "--max-steps", "6", "--val-clips", "0", "--no-progress", "--system-options",
+                 '{"mytalk-motion": {"window": 20}, "mytalk-render": {"samples_per_clip": 4}}']) == 0
+    runs = {p.name.split("-root-")[0]: read_summary(str(p)) for p in ckpt.iterdir() if (p / "summary.json").exists()}
+    assert sorted(runs) == ["mytalk-motion", "mytalk-render"]
+    assert all(s["status"] == "finished" and s["step"] == 6 and s["world_size"] == 2 for s in runs.values())
+    assert (ckpt / "mytalk" / "motion").is_dir() and (ckpt / "mytalk" / "renderer").is_dir()
+    out = tmp_path / "dub"
+    video = read_manifest(data_root).to_pylist()[0]["video_uri"]
+    assert main(["dub", "--video", video, "--audio", str(shared_data / "audio" / "speech_hallo1.wav"),
+                 "--model", "mytalk", "--checkpoint", str(ckpt / "mytalk"), "--out", str(out),
+                 "--max-duration", "1", "--no-progress", "--score", "false"]) == 0
+    (row,) = read_manifest(str(out)).to_pylist()
+    assert row["status"] == "ok" and row["model"] == "mytalk"
+
+
+@pytest.mark.slow
 def test_e2e_motion_stage_learns_on_two_zero2_workers(trained):
     s = trained["summaries"]["mytalk-motion"]
     assert s["status"] == "finished" and s["step"] == MOTION_STEPS and s["world_size"] == 2

@@ -22,17 +22,11 @@ import torch
 from facefab.manifests.io import ManifestWriter, new_run_id, write_table
 from facefab.manifests.storage import join_uri
 from facefab.media.io import read_audio, read_frames, write_video
-from facefab.training.runtime import (
-    TrainConfig,
-    configure_system,
-    deepspeed_config,
-    default_run_name,
-    load_rows,
-    load_system,
-    resolve_model_config,
-    run_training,
-    split_rows,
-)
+from facefab.training.catalog import load_system
+from facefab.training.config import TrainConfig, configure_system, default_run_name, resolve_model_config
+from facefab.training.data import load_rows, split_rows
+from facefab.training.deepspeed_config import deepspeed_config
+from facefab.training.runtime import run_training
 
 # (video, start s, end s): three clips of d3's speaker, one of d0's
 CLIPS = [("drive_d0", 0.0, 2.0), ("drive_d3", 0.0, 2.0), ("drive_d3", 4.0, 6.0), ("drive_d3", 8.0, 10.0)]
@@ -153,6 +147,30 @@ def test_zero2_run_killed_after_first_checkpoint_resumes_from_it(train_root, tmp
     src, drv = _pair()
     with torch.no_grad():
         assert torch.equal(exported(src, drv)["prediction"], trained(src, drv)["prediction"])
+
+    # fault injection: a code-running pickle planted in the latest checkpoint (anyone who can write
+    # to CKPT_ROOT could do it) is never unpickled; the rerun falls back to the previous checkpoint
+    marker = tmp_path / "payload-ran"
+    planted = final / "deepspeed" / "mp_rank_00_model_states.pt"
+    torch.save({"module": _Payload(str(marker))}, planted)
+    previous = _snapshot_steps(run_dir)[-2]
+    longer = [*cmd[: cmd.index("--max-steps") + 1], str(max_steps + 2), *cmd[cmd.index("--max-steps") + 2:]]
+    rerun = subprocess.run(longer, capture_output=True, text=True, env=env, timeout=420)
+    assert not marker.exists(), "the planted payload ran"
+    assert rerun.returncode == 0, rerun.stdout[-5000:] + rerun.stderr[-5000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == max_steps + 2
+    assert summary["runs"][-1]["start_step"] == previous < max_steps  # the intact checkpoint before it
+
+
+class _Payload:
+    """Unpickling this runs code: it creates `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 # -- S3 -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""face-vid2vid as a `facefab train` system (see facefab.training for the protocol).
+"""face-vid2vid as a `facefab train` system (the TrainingSystem contract of facefab.training.systems).
 
 Samples are (source, driving) frame pairs of one clip's aligned crop video (`crop_uri`), resized to
 the model's `image_size`. When the row has a per-frame table (`frames_uri`, with the preprocess
@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 from facefab.models.facevid2vid.model import TINY_CONFIG, FaceVid2VidModel, transform_keypoints
 
+from .dicts import deep_merge
+from .systems import SYSTEMS, TrainingSystemBase
+
 DEFAULT_OPTIONS: dict[str, Any] = {
     "pairs_per_clip": 32,      # training samples drawn from one clip per pass over the data
     "eval_pairs": 8,           # driving frames per held-out clip for evaluate()
@@ -44,13 +47,6 @@ STAGES: dict[str, dict[str, Any]] = {
     "generator": {"freeze": ["keypoints", "pose"],
                   "weights": {"equivariance": 0.0, "keypoint_prior": 0.0, "pose": 0.0, "deformation": 0.0}},
 }
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _to_images(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -78,8 +74,9 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-class FaceVid2VidSystem:
-    """TrainableSystem for face-vid2vid. Picklable: shipped to Ray Data tasks and train workers."""
+@SYSTEMS.register("facevid2vid")
+class FaceVid2VidSystem(TrainingSystemBase):
+    """TrainingSystem for face-vid2vid. Picklable: shipped to Ray Data tasks and train workers."""
 
     name = "facevid2vid"
     presets = {"paper": {}, "tiny": TINY_CONFIG}
@@ -88,7 +85,7 @@ class FaceVid2VidSystem:
     def __init__(self) -> None:
         self.model_config: dict[str, Any] = self.default_config()
         self.stage = "full"
-        self.options: dict[str, Any] = _merge(DEFAULT_OPTIONS, {})
+        self.options: dict[str, Any] = deep_merge(DEFAULT_OPTIONS, {})
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -108,7 +105,7 @@ class FaceVid2VidSystem:
         unknown = set(options or {}) - set(DEFAULT_OPTIONS) - {"freeze"}
         if unknown:
             raise ValueError(f"unknown facevid2vid option(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-        self.options = _merge(_merge(DEFAULT_OPTIONS, self.stages[stage]), options or {})
+        self.options = deep_merge(deep_merge(DEFAULT_OPTIONS, self.stages[stage]), options or {})
 
     def build_model(self, model_config: dict[str, Any]) -> FaceVid2VidModel:
         model = FaceVid2VidModel(**model_config)

@@ -1,7 +1,5 @@
-"""MyTalk training systems for `facefab train mytalk` (the TrainableSystem protocol).
-
-    name / default_config() / build_model(model_config) / make_samples(row, storage_options) /
-    loss(model, batch) / export(model, out_dir)
+"""MyTalk training systems for `facefab train mytalk-motion` / `mytalk-render` (the TrainingSystem
+contract of facefab.training.systems; neither evaluates on held-out clips).
 
 Both stages read ONE preprocess manifest row (crop_uri: aligned crops mp4 with 16 kHz audio;
 frames_uri: per-frame `landmarks` in source pixels + `inverse_transform` crop->frame;
@@ -19,8 +17,9 @@ H = image_size):
   uint8; `samples_per_clip` frames spread over the clip, references at least `min_ref_gap` frames away.
 
 Both stages export into one folder: out_dir/motion/ and out_dir/renderer/ (+ model_index.json),
-which `MyTalkPipeline.from_pretrained(out_dir)` loads. Under `facefab train` each run's own export
-is CKPT_ROOT/<run>/export/, and both systems declare `export_group = "mytalk"`, so the runtime also
+which `MyTalkPipeline.from_pretrained(out_dir)` loads; an export is merged into what out_dir holds
+(facefab.training.export.merge_into). Under `facefab train` each run's own export is
+CKPT_ROOT/<run>/export/, and both systems declare `export_group = "mytalk"`, so the runtime also
 merges every export into CKPT_ROOT/mytalk/: train the two stages with the same --out and that folder
 is the checkpoint `facefab dub --model mytalk --checkpoint CKPT_ROOT/mytalk` loads.
 
@@ -34,7 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+import tempfile
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ from facefab.models.mytalk.renderer import (
 )
 from facefab.operators.track_row import read_frame_table
 
+from .export import merge_into
+from .systems import PIPELINES, SYSTEMS, TrainingSystemBase
+
 log = logging.getLogger(__name__)
 
 
@@ -77,21 +80,6 @@ def _merge(defaults: dict, overrides: dict | None, cls) -> dict:
 
 
 EXPORT_GROUP = "mytalk"  # CKPT_ROOT/mytalk/: both stages' exports, one MyTalkPipeline folder
-
-
-def _configure(system, model_config: dict | None, stage: str, options: dict | None, model_cls) -> None:
-    """The runtime's configure(): the model config the samples must match (e.g. a preset's
-    num_ref_frames / image_size) and the sample options given as --system-options."""
-    if stage:
-        raise ValueError(f"{system.name} has no stages (got {stage!r}); the MyTalk stages are the systems "
-                         f"mytalk-motion and mytalk-render")
-    if model_config is not None:
-        system.config = _merge(system.config, model_config, model_cls)
-    unknown = set(options or {}) - set(system.OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown {system.name} option(s) {sorted(unknown)}; known: {list(system.OPTIONS)}")
-    for key, value in (options or {}).items():
-        setattr(system, key, type(getattr(system, key))(value))
 
 
 def _fps(row: dict, storage_options: dict | None) -> float:
@@ -132,12 +120,50 @@ def clip_mel_windows(row: dict, storage_options: dict | None, frame_index: np.nd
     return audio_mel_windows(audio, len(frame_index), _fps(row, storage_options), mel_window)
 
 
-class MyTalkMotionSystem:
+class _MyTalkPart(TrainingSystemBase):
+    """What the two stages share: a model class, its config (the one the samples must match, e.g. a
+    preset's num_ref_frames / image_size), sample options given as --system-options, and the
+    pipeline part (subfolder) they export."""
+
+    model_cls: ClassVar[type]
+    part: ClassVar[str]
+    OPTIONS: ClassVar[tuple[str, ...]]
+    export_group = EXPORT_GROUP
+    config: dict
+
+    def default_config(self) -> dict:
+        return dict(self.config)
+
+    def configure(self, model_config: dict | None = None, stage: str = "", options: dict | None = None) -> None:
+        if stage:
+            raise ValueError(f"{self.name} has no stages (got {stage!r}); the MyTalk stages are the systems "
+                             f"mytalk-motion and mytalk-render")
+        if model_config is not None:
+            self.config = _merge(self.config, model_config, self.model_cls)
+        unknown = set(options or {}) - set(self.OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown {self.name} option(s) {sorted(unknown)}; known: {list(self.OPTIONS)}")
+        for key, value in (options or {}).items():
+            setattr(self, key, type(getattr(self, key))(value))
+
+    def build_model(self, model_config: dict) -> torch.nn.Module:
+        return self.model_cls(**_merge(self.config, model_config, self.model_cls))
+
+    def export(self, model, out_dir: str) -> None:
+        """save_pipeline_part's layout, written into an empty folder and merged into `out_dir`."""
+        with tempfile.TemporaryDirectory(prefix="facefab-export-") as tmp:
+            save_pipeline_part(model, tmp, self.part)
+            merge_into(tmp, out_dir, None)
+
+
+@SYSTEMS.register("mytalk-motion")
+class MyTalkMotionSystem(_MyTalkPart):
     """Stage 1: audio features + identity landmarks -> lip/jaw landmark offsets."""
 
     name = "mytalk-motion"
     presets = {"paper": paper()["motion"], "tiny": tiny()["motion"]}
-    export_group = EXPORT_GROUP
+    model_cls = MyTalkMotion
+    part = MOTION_FOLDER
     OPTIONS = ("window", "stride", "seed", "velocity_weight")
 
     def __init__(self, config: dict | None = None, *, tiny: bool = False, window: int = 50, seed: int = 0,
@@ -145,15 +171,6 @@ class MyTalkMotionSystem:
         self.config = _merge(motion_config(tiny), config, MyTalkMotion)
         self.window, self.seed, self.velocity_weight = window, seed, velocity_weight
         self.stride = stride  # frames between sample starts; 0: `window` (no overlap)
-
-    def default_config(self) -> dict:
-        return dict(self.config)
-
-    def configure(self, model_config: dict | None = None, stage: str = "", options: dict | None = None) -> None:
-        _configure(self, model_config, stage, options, MyTalkMotion)
-
-    def build_model(self, model_config: dict) -> MyTalkMotion:
-        return MyTalkMotion(**_merge(self.config, model_config, MyTalkMotion))
 
     def make_samples(self, row: dict, storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
         points, valid, frame_index = clip_points(row, storage_options)
@@ -184,16 +201,15 @@ class MyTalkMotionSystem:
         pred = model(batch["mel"].to(dtype), batch["ref_landmarks"].to(dtype))
         return motion_loss(pred, batch["offsets"], batch.get("weight"), self.velocity_weight)
 
-    def export(self, model, out_dir: str, storage_options: dict | None = None) -> None:
-        save_pipeline_part(model, out_dir, MOTION_FOLDER, storage_options)
 
-
-class MyTalkRenderSystem:
+@SYSTEMS.register("mytalk-render")
+class MyTalkRenderSystem(_MyTalkPart):
     """Stage 2: masked frame + landmark sketch + reference lip crops -> lip region RGB + alpha."""
 
     name = "mytalk-render"
     presets = {"paper": paper()["renderer"], "tiny": tiny()["renderer"]}
-    export_group = EXPORT_GROUP
+    model_cls = MyTalkRenderer
+    part = RENDERER_FOLDER
     OPTIONS = ("samples_per_clip", "min_ref_gap", "seed", "gradient_weight")
 
     def __init__(self, config: dict | None = None, *, tiny: bool = False, samples_per_clip: int = 16,
@@ -201,15 +217,6 @@ class MyTalkRenderSystem:
         self.config = _merge(render_config(tiny), config, MyTalkRenderer)
         self.samples_per_clip, self.min_ref_gap = samples_per_clip, min_ref_gap
         self.seed, self.gradient_weight = seed, gradient_weight
-
-    def default_config(self) -> dict:
-        return dict(self.config)
-
-    def configure(self, model_config: dict | None = None, stage: str = "", options: dict | None = None) -> None:
-        _configure(self, model_config, stage, options, MyTalkRenderer)
-
-    def build_model(self, model_config: dict) -> MyTalkRenderer:
-        return MyTalkRenderer(**_merge(self.config, model_config, MyTalkRenderer))
 
     def make_samples(self, row: dict, storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
         from facefab.media import read_frames
@@ -255,18 +262,8 @@ class MyTalkRenderSystem:
         feather = feather_px(self.config["feather"], x["mask"].shape[-1])
         return render_loss(rgb, alpha, x["masked"], x["target"], x["mask"], feather, self.gradient_weight)
 
-    def export(self, model, out_dir: str, storage_options: dict | None = None) -> None:
-        save_pipeline_part(model, out_dir, RENDERER_FOLDER, storage_options)
+
+__all__ = ["MyTalkMotionSystem", "MyTalkRenderSystem", "clip_mel_windows", "clip_points"]
 
 
-SYSTEMS = {MyTalkMotionSystem.name: MyTalkMotionSystem, MyTalkRenderSystem.name: MyTalkRenderSystem}
-
-
-def get_system(name: str, config: dict | None = None, **kwargs: Any):
-    """A training system by name ("mytalk-motion" / "mytalk-render") with model config overrides."""
-    if name not in SYSTEMS:
-        raise KeyError(f"unknown training system {name!r}; known: {sorted(SYSTEMS)}")
-    return SYSTEMS[name](config, **kwargs)
-
-
-__all__ = ["SYSTEMS", "MyTalkMotionSystem", "MyTalkRenderSystem", "clip_mel_windows", "clip_points", "get_system"]
+PIPELINES.register("mytalk")(("mytalk-motion", "mytalk-render"))

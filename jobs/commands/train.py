@@ -12,8 +12,8 @@ from mytalk-motion and renderer/ from mytalk-render, + model_index.json), summar
 Examples:
   facefab train facevid2vid --data out/demo --out ckpt --preset tiny --max-steps 200
   facefab train facevid2vid --data s3://bucket/data --out s3://bucket/ckpt --workers 8 --gpus-per-worker 1
-  facefab train mytalk-motion --data out/demo --out ckpt --preset tiny --workers 2   # -> ckpt/mytalk/motion/
-  facefab train mytalk-render --data out/demo --out ckpt --preset tiny               # -> ckpt/mytalk/renderer/
+  facefab train mytalk --data out/demo --out ckpt --preset tiny --workers 2   # both stages -> ckpt/mytalk/
+  facefab train mytalk-motion --data out/demo --out ckpt --preset tiny        # one stage -> ckpt/mytalk/motion/
   facefab dub --video v.mp4 --audio a.wav --model mytalk --checkpoint ckpt/mytalk --out out/dub
 """
 
@@ -28,18 +28,29 @@ HELP = "train a generator with Ray Train + DeepSpeed (resumable)"
 
 
 def add_parser(sub) -> None:
-    from facefab.training.runtime import SYSTEMS, TrainConfig
+    from facefab.training.config import TrainConfig
 
-    p = sub.add_parser("train", help=HELP,
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p, SYSTEMS, TrainConfig)
+    p = sub.add_parser("train", help=HELP, description=__doc__, formatter_class=_HelpFormatter)
+    _add_arguments(p, TrainConfig)
     p.set_defaults(func=run)
 
 
-def _add_arguments(p: argparse.ArgumentParser, systems, config_cls) -> None:
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Names the training systems only when the help is shown: registering them imports torch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "system":
+
+            from facefab.training.catalog import trainable_names
+
+            return "one of: " + ", ".join(trainable_names())
+        return super()._get_help_string(action)
+
+
+def _add_arguments(p: argparse.ArgumentParser, config_cls) -> None:
     from ..cli import add_storage_args
 
-    p.add_argument("system", metavar="SYSTEM", help="one of: " + ", ".join(systems))
+    p.add_argument("system", metavar="SYSTEM", help="a training system")
     p.add_argument("--data", required=True, metavar="ROOT", help="preprocess output root (local or s3://)")
     p.add_argument("--out", required=True, metavar="CKPT_ROOT", help="checkpoint root: local path or s3://bucket/prefix")
     add_storage_args(p)
@@ -52,14 +63,24 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from facefab.manifests.storage import storage_options_from_env
-    from facefab.training.runtime import TrainConfig, run_training, summary_line, validate
+    from facefab.training.catalog import stages_of
+    from facefab.training.config import TrainConfig, validate
+    from facefab.training.runtime import run_training, summary_line
 
-    config = build_config(TrainConfig, args, args.config)
-    config = dataclasses.replace(config, system=args.system)
-    validate(config)  # fail fast, before Ray starts
+    base = build_config(TrainConfig, args, args.config)
+    stages = stages_of(args.system)  # a pipeline (mytalk: motion, then render) or one system
+    if len(stages) > 1 and (base.run_name or base.init_from):
+        raise ValueError(f"{args.system} trains {len(stages)} systems; --run-name / --init-from name one "
+                         f"run: train the stages ({', '.join(stages)}) one by one instead")
+    per_stage = base.system_options if base.system_options and set(base.system_options) <= set(stages) else None
+    configs = [dataclasses.replace(base, system=stage, **({"system_options": per_stage.get(stage)} if per_stage else {}))
+               for stage in stages]
+    for config in configs:
+        validate(config)  # fail fast, before Ray starts
     opts = storage_options_from_env(args.storage_options)
-    summary = run_training(config, args.data, args.out, opts, progress=args.progress)
-    print(summary_line(summary))
+    for config in configs:
+        summary = run_training(config, args.data, args.out, opts, progress=args.progress)
+        print(summary_line(summary))
     return 0
 
 

@@ -155,28 +155,13 @@ def paste_box(crop: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, box) -> tupl
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), alpha_c
 
 
-def save_pipeline_part(model, folder: str, part: str, storage_options: dict | None = None) -> None:
-    """save_pretrained(`folder`/`part`, safetensors) and record the part in model_index.json.
-    `folder` may be remote (s3://...): written locally first, then uploaded."""
-    import tempfile
-
-    from facefab.manifests.storage import is_local, local_path_of, open_fs
-
+def save_pipeline_part(model, folder: str, part: str) -> None:
+    """save_pretrained(`folder`/`part`, safetensors) into a local folder and record the part in its
+    model_index.json. Putting a folder on shared storage (and merging it with the parts already
+    there) is the training layer's one export merge (`facefab.training.export.merge_into`)."""
     model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
-    if is_local(folder):
-        root = local_path_of(folder)
-        model.save_pretrained(os.path.join(root, part), safe_serialization=True)
-        _update_index(root, part, model)
-        return
-    with tempfile.TemporaryDirectory(prefix=".facefab-export-") as tmp:
-        fs, remote = open_fs(folder, storage_options)
-        index = f"{remote.rstrip('/')}/{INDEX_FILE}"
-        if fs.exists(index):
-            fs.get_file(index, os.path.join(tmp, INDEX_FILE))
-        model.save_pretrained(os.path.join(tmp, part), safe_serialization=True)
-        _update_index(tmp, part, model)
-        fs.put(os.path.join(tmp, part), f"{remote.rstrip('/')}/{part}", recursive=True)
-        fs.put_file(os.path.join(tmp, INDEX_FILE), index)
+    model.save_pretrained(os.path.join(folder, part), safe_serialization=True)
+    _update_index(folder, part, model)
 
 
 def _update_index(root: str, part: str, model) -> None:

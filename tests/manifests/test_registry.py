@@ -48,3 +48,16 @@ def test_generators_and_job_kinds_use_the_registry():
     with pytest.raises(KeyError, match="unknown generator 'nope'"):
         get("nope")
     assert isinstance(KINDS, Registry) and sorted(KINDS) == ["dub", "preprocess", "train"]
+
+
+def test_every_trainable_name_facefab_models_shows_is_accepted_by_facefab_train():
+    from facefab.models.registry import GENERATORS
+    from facefab.training.catalog import stages_of, trainable_names
+
+    shown = {name for spec in GENERATORS.values() for name in spec.trainable}
+    assert {"mytalk", "facevid2vid"} <= shown
+    assert shown <= set(trainable_names())
+    assert stages_of("mytalk") == ("mytalk-motion", "mytalk-render")
+    assert stages_of("facevid2vid") == ("facevid2vid",)
+    with pytest.raises(ValueError, match="unknown training system 'nope'; choose from .*mytalk"):
+        stages_of("nope")
