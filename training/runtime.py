@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from typing import Any
 
 from facefab.manifests.storage import join_uri, open_fs
@@ -77,9 +78,8 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
 
     from .trainer import train_loop_per_worker
 
-    # verbose: the progress lines of a run are printed by rank 0's worker, so the workers' output
-    # must reach the driver's console (init_ray's quiet default keeps it in Ray's log folder)
-    init_ray(progress=progress, verbose=True)
+    init_ray(progress=progress)  # workers' output (DeepSpeed, torch) stays in Ray's log folder
+    console = ConsoleRelay()  # rank 0's progress lines, printed here
     if cfg.cpus_per_worker is None:
         cfg = dataclasses.replace(cfg, cpus_per_worker=fit_worker_cpus(cfg, ray.cluster_resources().get("CPU", 0)))
     if not os.environ.get("RAY_ADDRESS"):
@@ -96,7 +96,7 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
             "cfg": dataclasses.asdict(cfg), "system": system, "model_config": model_config, "ds_config": ds_config,
             "storage_options": opts, "run_uri": run_uri, "run_name": run_name, "data_root": data_root,
             "val_rows": val_rows, "num_train_rows": len(train_rows), "progress": progress,
-            "group_uri": group_uri,
+            "group_uri": group_uri, "console": console.queue,
         },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -105,8 +105,40 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": build_dataset(train_rows, system, opts, cfg)},
     )
-    trainer.fit()
+    with console:
+        trainer.fit()
     return read_summary(run_uri, opts)
+
+
+class ConsoleRelay:
+    """A queue the rank-0 worker puts its progress lines on, printed on the driver's stdout by a
+    thread while the run lasts (the workers' own output goes to Ray's log folder, not the console)."""
+
+    def __init__(self):
+        from ray.util.queue import Queue
+
+        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="facefab-train-console", daemon=True)
+
+    def _pump(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                print(self.queue.get(timeout=0.5), flush=True)
+            except Empty:
+                if self._stop.is_set():
+                    return
+
+    def __enter__(self) -> ConsoleRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.queue.shutdown()
 
 
 def fit_worker_cpus(cfg, cluster_cpus: float) -> float:

@@ -53,9 +53,15 @@ class SystemLoss(torch.nn.Module):
         return self.system.loss(self.model, batch)
 
 
-def say(message: str) -> None:
-    """One line to the worker's stdout (Ray forwards it to the driver once; print() is patched
-    by Ray Train to go to both the log and stdout)."""
+def say(message: str, console=None) -> None:
+    """One progress line for the user: onto the driver's console queue when the run has one (the
+    workers' own output stays in Ray's log folder), else to the worker's stdout."""
+    if console is not None:
+        try:
+            console.put(message, timeout=10)
+            return
+        except Exception:  # noqa: BLE001 - a full or gone queue must not stop training; keep the line
+            pass
     sys.__stdout__.write(message + "\n")
     sys.__stdout__.flush()
 
@@ -68,6 +74,7 @@ class Trainer:
         self.system: TrainingSystem = config["system"]
         self.model_config: dict[str, Any] = config["model_config"]
         self.ds_config: dict[str, Any] | None = config["ds_config"]
+        self.console = config.get("console")  # ray.util.queue.Queue the driver prints from
         self.opts: dict | None = config["storage_options"]
         self.run_uri: str = config["run_uri"]
         self.run_name: str = config["run_name"]
@@ -139,7 +146,7 @@ class Trainer:
                else "starting at step 0")
         zero = "" if self.engine is None else " ZeRO-" + str(self.ds_config["zero_optimization"]["stage"])
         say(f"[facefab train] {self.run_name}: {how} of {cfg.max_steps} "
-            f"({cfg.strategy}{zero}, {self.world} worker(s) on {self.device.type})")
+            f"({cfg.strategy}{zero}, {self.world} worker(s) on {self.device.type})", self.console)
 
     def _held_out_samples(self) -> list[dict]:
         if self.rank != 0 or not self.cfg.evaluate:
@@ -200,7 +207,8 @@ class Trainer:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if self.rank == 0:
-            say(f"[facefab train] checkpoint at step {step} -> {join_uri(self.run_uri, checkpoint_dir_name(step))}")
+            say(f"[facefab train] checkpoint at step {step} -> {join_uri(self.run_uri, checkpoint_dir_name(step))}",
+                self.console)
             self.write_summary(step, "running")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -275,7 +283,7 @@ class Trainer:
             bar.update(1)
         if cfg.log_every and (step % cfg.log_every == 0 or step == self.start_step + 1):
             say(f"[facefab train] step {step}/{cfg.max_steps} loss {record['loss']:.4f} "
-                f"{record['samples_per_s']:.2f} samples/s")
+                f"{record['samples_per_s']:.2f} samples/s", self.console)
 
     def _progress_bar(self, step: int):
         if self.rank != 0 or not self.progress or step >= self.cfg.max_steps:
@@ -303,7 +311,7 @@ class Trainer:
         export_model(self.system, self.module, self.run_uri, self.group_uri, self.opts)
         self.write_summary(step, "finished", memories)
         say(f"[facefab train] done at step {step}; export -> {join_uri(self.run_uri, EXPORT_DIR)}"
-            + (f"; group export -> {self.group_uri}" if self.group_uri else ""))
+            + (f"; group export -> {self.group_uri}" if self.group_uri else ""), self.console)
 
     def _gather_memory(self) -> list[dict[str, Any]]:
         memory = {"rank": self.rank, **peak_memory(self.device), "base_rss_mb": self.base_rss_mb,

@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     for config in configs:
         summary = run_training(config, args.data, args.out, opts, progress=args.progress)
         print(summary_line(summary))
+    from facefab.operators.runtime import ray_logs_dir
+
+    if ray_logs_dir():
+        print(f"logs: {ray_logs_dir()}")  # the workers' own output (DeepSpeed, torch)
     return 0
 
 
