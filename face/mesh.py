@@ -21,6 +21,8 @@ a few jaw/nose points) and is exactly left/right mirror-symmetric on the canonic
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
@@ -160,10 +162,11 @@ def _centre_inside(points: np.ndarray, bbox: np.ndarray) -> bool:
     return bool(bbox[0] <= x <= bbox[2] and bbox[1] <= y <= bbox[3])
 
 
-def mesh_track(frames: np.ndarray, bboxes: np.ndarray, mesher: FaceMesher) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks (T,478,3) (NaN where not found) and valid (T,) for frames with per-frame boxes."""
-    landmarks = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
-    valid = np.zeros(len(frames), bool)
+def mesh_track(frames: Iterable[np.ndarray], bboxes: np.ndarray, mesher: FaceMesher) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks (T,478,3) (NaN where not found) and valid (T,) for the frames (an array or any
+    iterable, read once) with per-frame boxes (T,4)."""
+    landmarks = np.full((len(bboxes), NUM_LANDMARKS, 3), np.nan, np.float32)
+    valid = np.zeros(len(bboxes), bool)
     for i, (frame, bbox) in enumerate(zip(frames, bboxes)):
         points = mesher(frame, bbox)
         if points is not None:

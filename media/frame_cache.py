@@ -5,21 +5,31 @@ the source; parsing, flow and the quality scores read the track's aligned crop, 
 size. When they run in one worker (a fused chain, or run_local), this small per-process cache
 decodes each video window once at its native size and resizes per request with the same resize
 read_frames applies, so results are identical to separate reads. It holds at most `MAX_ENTRIES`
-windows, so memory stays flat however long the input list is. Callers must not modify the arrays.
+windows and `MAX_BYTES` of frames, so memory stays flat however long the input list is. Callers
+must not modify the arrays.
+
+A window larger than `MAX_BYTES` (a 10 s 4K clip is 6 GB of RGB) is not kept: `clip_source`
+returns a `StreamedFrames` that decodes it again, a chunk at a time, on every pass, so a worker's
+memory does not grow with the resolution or length of its input. Code that reads frames through
+`clip_source` iterates them (`take` for a subset) and works with both forms.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from facefab.manifests.storage import open_fs
 
-from . import read_frames, resize_frames
+from . import MediaError, iter_frames, read_frames, resize_frames
 
 MAX_ENTRIES = 2
+# Decoded frames one worker keeps (FACEFAB_FRAME_CACHE_MB overrides); larger windows stream.
+MAX_BYTES = int(float(os.environ.get("FACEFAB_FRAME_CACHE_MB", 1024)) * (1 << 20))
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
@@ -31,11 +41,67 @@ def cached_frames(uri: str, *, fps: float | None = None, start: float | None = N
     if frames is None:
         frames = read_frames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
         _cache[key] = frames
-        while len(_cache) > MAX_ENTRIES:
+        while len(_cache) > 1 and (len(_cache) > MAX_ENTRIES or _cached_bytes() > MAX_BYTES):
             _cache.popitem(last=False)
     else:
         _cache.move_to_end(key)
     return resize_frames(frames, size)
+
+
+def _cached_bytes() -> int:
+    return sum(frames.nbytes for frames in _cache.values())
+
+
+class StreamedFrames:
+    """The frames of a window too large to keep decoded: iterating decodes them again, in chunks
+    of a few MB (see media.io.DECODE_CHUNK_BYTES), so only one chunk is in memory at a time."""
+
+    def __init__(self, uri: str, *, fps: float | None, start: float | None, end: float | None,
+                 storage_options: dict[str, Any] | None = None):
+        self.uri, self.fps, self.start, self.end = uri, fps, start, end
+        self.storage_options = storage_options
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for chunk in iter_frames(self.uri, fps=self.fps, start=self.start, end=self.end,
+                                 storage_options=self.storage_options):
+            yield from chunk
+
+
+Frames = np.ndarray | StreamedFrames
+
+
+def clip_source(uri: str, *, fps: float | None, start: float | None, end: float | None,
+                width: int, height: int, storage_options: dict[str, Any] | None = None) -> Frames:
+    """The frames of [start, end) at `fps` of a `width` x `height` video: the cached array when the
+    window fits `MAX_BYTES`, else a StreamedFrames."""
+    seconds = (end - (start or 0.0)) if end is not None else None
+    count = seconds * fps if seconds is not None and fps else None
+    if count is not None and count * width * height * 3 > MAX_BYTES:
+        return StreamedFrames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
+    return cached_frames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
+
+
+def take(frames: Iterable[np.ndarray], indices: Iterable[int]) -> Iterator[np.ndarray]:
+    """The frames at increasing `indices`, without copying them out of an array or keeping a
+    stream; MediaError when the frames end before the last index."""
+    if isinstance(frames, np.ndarray):
+        for i in indices:
+            if i >= len(frames):
+                raise MediaError(f"frame {i} asked of a window of {len(frames)} frames")
+            yield frames[i]
+        return
+    wanted = iter(indices)
+    i = next(wanted, None)
+    count = 0
+    for k, frame in enumerate(frames):
+        count = k + 1
+        if i is None:
+            return
+        if k == i:
+            yield frame
+            i = next(wanted, None)
+    if i is not None:
+        raise MediaError(f"frame {i} asked of a window of {count} frames")
 
 
 def _identity(uri: str, storage_options: dict[str, Any] | None) -> tuple:

@@ -12,6 +12,7 @@ import numpy as np
 from facefab.face.alignment import AUDIO_RATE, track_alignment, warp_to_crop
 from facefab.media import read_audio, write_video
 from facefab.media.arrays import pack_arrays, unpack_arrays
+from facefab.media.frame_cache import take
 
 from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import clip_frames
@@ -46,7 +47,7 @@ class AlignCrop(Operator):
             raise OperatorError("no frame of the track has landmarks to align to")
         affine, inverse = track_alignment(marks["landmarks"], marks["valid"], c.crop_size, c.crop_scale,
                                           c.smooth_window)
-        frames = clip_frames(row, storage_options=self.ctx.storage_options)[track["frame_index"]]
+        frames = take(clip_frames(row, storage_options=self.ctx.storage_options), track["frame_index"])
         crops = (warp_to_crop(frame, a, c.crop_size) for frame, a in zip(frames, affine))
         start, end = track_window(row, track["frame_index"])
         audio = self._audio(row, start, end) if row.get("has_audio") else None

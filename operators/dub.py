@@ -60,6 +60,8 @@ class DubConfig(GeneratorOperator.Config):
     crop_scale: float = 1.0  # 1.0: FFHQ framing
     align_smooth_window: int = 5
     vad_threshold: float = 0.5
+    min_speech_seconds: float = field(default=0.3, metadata={
+        "help": "new audio with less voice activity than this fails its row (silence, noise, a click)"})
     audio_rate: int = field(default=0, metadata={"help": "muxed audio rate; 0: the new audio's own (16-48 kHz)"})
     crf: int = 18
     watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
@@ -233,6 +235,8 @@ class DubAnalyze(Operator):
         self.ctx.check_input(row["audio_uri"])
         with timer("audio_decode"):
             new_audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
+        with timer("speech_check"):
+            self._check_speech(new_audio, row["audio_uri"])
         try:
             info = probe(row["video_uri"], opts)
         except MediaError as e:
@@ -270,6 +274,18 @@ class DubAnalyze(Operator):
             "source_speech_ratio": round(float(own["vad"].mean()), 4) if own else None,
             "stage_seconds": timer.merged_into(row),
         }
+
+    def _check_speech(self, audio: np.ndarray, uri: str) -> None:
+        """A dub needs words: silence, noise or a fraction of a second would be marked `ok` with
+        nothing to lip-sync."""
+        from facefab.audio.features import speech_sample_mask
+
+        c = self.config
+        speech = float(speech_sample_mask(audio, self.vad, c.vad_threshold).sum()) / FEATURE_RATE
+        if speech < c.min_speech_seconds:
+            what = "is silent" if not np.any(np.abs(audio) > 1e-4) else "has no speech the voice detector accepts"
+            raise OperatorError(f"new audio '{uri}' {what}: {speech:.2f} s of speech in {len(audio) / FEATURE_RATE:.2f} s "
+                                f"(at least {c.min_speech_seconds:g} s needed, --min-speech-seconds)")
 
     def _speaking_track(self, frames: np.ndarray, uri: str):
         from facefab.face.detection import detect_faces, track_faces
@@ -386,9 +402,10 @@ class LipSync(GeneratorOperator):
         index, size = d["index"], self.config.crop_size
         context = (self.model.motion.config.mel_window - 1) // 2
         mel = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context).mel_windows
-        crops = np.stack([warp_to_crop(frames[s], d["affine"][s], size) for s in index])
-        out = self.model.generate(crops, points[index], mel)
-        return (lambda t, s: (out.frames[t], out.alpha[t])), {"fit": None, "fit_r": None, "mean_run": None}
+        # one crop per output frame, made when the renderer asks: a long dub is never held whole
+        stream = self.model.generate_stream(lambda t: warp_to_crop(frames[index[t]], d["affine"][index[t]], size),
+                                            size, points[index], mel)
+        return _InOrder(iter(stream)), {"fit": None, "fit_r": None, "mean_run": None}
 
     @staticmethod
     def _pasted(frames, index, d, crop_alpha, timer: StageTimer):
@@ -429,6 +446,20 @@ class LipSync(GeneratorOperator):
         return {"c2pa": "skipped: watermark disabled"}
 
 
+class _InOrder:
+    """crop_alpha(t, s) over a stream with one item per output frame: the paste loop asks in
+    order and only for frames with a face, so the renders of the others are drawn and dropped."""
+
+    def __init__(self, stream):
+        self.stream, self.next_t = stream, 0
+
+    def __call__(self, t: int, s: int):
+        for _ in range(t - self.next_t):
+            next(self.stream)
+        self.next_t = t + 1
+        return next(self.stream)
+
+
 @register_stage
 class DubScore(Operator):
     """Measures the written file: `sync_output` / `sync_source` (max-lag Pearson r of mouth opening
@@ -452,18 +483,18 @@ class DubScore(Operator):
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         from facefab.face.parsing import mouth_open_ratio
         from facefab.face.scores import av_sync_score
-        from facefab.media import probe, read_frames, read_metadata
+        from facefab.media import probe, read_metadata
         from facefab.media.provenance import detect_watermark, read_tag
 
         opts, timer = self.ctx.storage_options, StageTimer()
         d = unpack_arrays(row["_dub"])
         index, envelope = d["index"], d["new_rms"]
         with timer("score"):
-            frames = read_frames(row["out_uri"], storage_options=opts)[: len(index)]
-            output_open = mouth_open_ratio(self._landmarks(frames, d["bbox"][index[: len(frames)]]))
+            marks, first = self._landmarks(row["out_uri"], d["bbox"][index])
+            output_open = mouth_open_ratio(marks)
             sync_out, lag = av_sync_score(output_open, envelope, self.config.max_lag)
             sync_src, _ = av_sync_score(mouth_open_ratio(d["landmarks"][index]), envelope, self.config.max_lag)
-            watermark = detect_watermark(frames[: self.WATERMARK_FRAMES])
+            watermark = detect_watermark(first)
             info = probe(row["out_uri"], opts)
             tag = read_tag(read_metadata(row["out_uri"], opts))
         return {"sync_output": _finite(sync_out), "sync_output_lag": int(lag), "sync_source": _finite(sync_src),
@@ -471,13 +502,23 @@ class DubScore(Operator):
                 "output_duration": round(info.duration, 4), "output_has_audio": info.has_audio,
                 "stage_seconds": timer.merged_into(row)}
 
-    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _landmarks(self, uri: str, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks of the written output's frames within the analysed boxes (one per output
+        frame), decoded a chunk at a time so a long dub is never held whole; plus its first
+        WATERMARK_FRAMES frames for the watermark check."""
         from facefab.face.mesh import NUM_LANDMARKS
+        from facefab.media import iter_frames
 
-        out = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
+        out = np.full((len(boxes), NUM_LANDMARKS, 3), np.nan, np.float32)
+        first: list[np.ndarray] = []
+        frames = (f for chunk in iter_frames(uri, storage_options=self.ctx.storage_options) for f in chunk)
         for t, (frame, box) in enumerate(zip(frames, boxes)):
+            if len(first) < self.WATERMARK_FRAMES:
+                first.append(frame)
             if np.isfinite(box).all():
                 points = self.mesher(frame, box)
                 if points is not None:
                     out[t] = points
-        return out
+        if not first:
+            raise OperatorError(f"the written output '{uri}' has no frames")
+        return out, np.stack(first)

@@ -50,16 +50,16 @@ class FaceTrack(Operator):
     def process_row(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         c = self.config
         frames = clip_frames(row, storage_options=self.ctx.storage_options)
-        if len(frames) == 0:
-            raise OperatorError(f"clip {row['id']} decoded to 0 frames")
         detections = detect_faces(frames, self.detector, min_face_px=c.min_face_px)
+        if not detections:
+            raise OperatorError(f"clip {row['id']} decoded to 0 frames")
         if not any(detections):
-            raise Filtered(f"no face found in {len(frames)} frames")
+            raise Filtered(f"no face found in {len(detections)} frames")
         tracks = track_faces(detections, iou_threshold=c.iou_threshold, max_gap_frames=c.max_gap_frames,
                              min_track_frames=c.min_track_frames, smooth_window=c.smooth_window)
         if not tracks:
-            raise Filtered(f"no face track of at least {c.min_track_frames} frames in {len(frames)} frames")
-        face_count = max_simultaneous(tracks, len(frames))
+            raise Filtered(f"no face track of at least {c.min_track_frames} frames in {len(detections)} frames")
+        face_count = max_simultaneous(tracks, len(detections))
         return [self._track_row(row, track, face_count) for track in tracks]
 
     def _track_row(self, row: dict[str, Any], track: Track, face_count: int) -> dict[str, Any]:

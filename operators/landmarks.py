@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from facefab.face.mesh import FaceMesher, mesh_track
+from facefab.media import MediaError
 from facefab.media.arrays import pack_arrays, unpack_arrays
+from facefab.media.frame_cache import take
 
 from .base import Operator, OperatorError, Resources, register_stage
 from .track_row import clip_frames
@@ -48,22 +50,30 @@ class FaceLandmarks(Operator):
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         track = unpack_arrays(row["_track"])
-        frames = clip_frames(row, storage_options=self.ctx.storage_options)
         frame_index = track["frame_index"]
-        if len(frame_index) == 0 or frame_index[-1] >= len(frames):
-            raise OperatorError(f"track frames {frame_index[:1]}..{frame_index[-1:]} do not fit the "
-                                f"{len(frames)} decoded frames of the clip")
-        landmarks, valid = mesh_track(frames[frame_index], track["bbox"], self.mesher)
+        if len(frame_index) == 0:
+            raise OperatorError("the track has no frames")
+        frames = take(clip_frames(row, storage_options=self.ctx.storage_options), frame_index)
+        try:
+            landmarks, valid = mesh_track(frames, track["bbox"], self.mesher)
+        except MediaError as e:
+            raise OperatorError(f"track frames {frame_index[0]}..{frame_index[-1]} do not fit the clip: {e}") from e
         fraction = float(valid.mean())
         if fraction < self.config.min_valid_fraction:
             raise OperatorError(f"face landmarks found in {valid.sum()}/{len(valid)} frames "
                                 f"({fraction:.0%} < {self.config.min_valid_fraction:.0%})")
-        height, width = frames.shape[1:3]
+        width, height = self._frame_size(row)
         return {
             "_landmarks": pack_arrays(landmarks=landmarks, valid=valid,
                                       image_size=np.array([width, height], np.int32)),
             "landmark_fraction": round(fraction, 4),
         }
+
+    def _frame_size(self, row: dict[str, Any]) -> tuple[int, int]:
+        if row.get("width") and row.get("height"):
+            return int(row["width"]), int(row["height"])
+        first = next(iter(clip_frames(row, storage_options=self.ctx.storage_options)))
+        return first.shape[1], first.shape[0]
 
 
 __all__ = [

@@ -18,7 +18,7 @@ from facefab.face.mesh import NUM_LANDMARKS
 from facefab.manifests.io import read_table
 from facefab.media import read_audio
 from facefab.media.arrays import unpack_arrays
-from facefab.media.frame_cache import cached_frames
+from facefab.media.frame_cache import Frames, cached_frames, clip_source
 
 from .base import OperatorError
 
@@ -66,11 +66,15 @@ def read_frame_table(frames_uri: str, storage_options: dict[str, Any] | None = N
                       column("landmarks", (NUM_LANDMARKS, 3)), column("pose", (NUM_POSE,)),
                       column("inverse_transform", (2, 3)))
 
-def clip_frames(row: dict[str, Any], *, size: tuple[int, int] | None = None,
-                storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """(T,H,W,3) uint8 RGB frames of `row` (video_uri, start, end at fps), rotation applied."""
+def clip_frames(row: dict[str, Any], *, storage_options: dict[str, Any] | None = None) -> Frames:
+    """The uint8 RGB frames of `row` (video_uri, start, end at fps), rotation applied: a (T,H,W,3)
+    array, or for a clip too large to keep decoded (media.frame_cache.MAX_BYTES) a stream that
+    decodes again on each pass. Iterate it; `media.frame_cache.take` picks a track's frames."""
+    if row.get("width") and row.get("height"):
+        return clip_source(row["video_uri"], fps=row.get("fps"), start=row.get("start"), end=row.get("end"),
+                           width=int(row["width"]), height=int(row["height"]), storage_options=storage_options)
     return cached_frames(row["video_uri"], fps=row.get("fps"), start=row.get("start"), end=row.get("end"),
-                         size=size, storage_options=storage_options)
+                         storage_options=storage_options)
 
 # -- crop-space helpers shared by the feature operators --------------------------------------------
 

@@ -30,6 +30,7 @@ from facefab.manifests.storage import atomic_write_bytes, check_reachable, join_
 from facefab.operators.base import Operator, RunContext
 from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads, quiet_console, ray_logs_dir
 
+from .crash_budget import CrashBudget
 from .progress import RunProgress
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,27 @@ def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({k: pa.array([r.get(k) for r in rows]) for k in keys}) if rows else pa.table({})
 
 
-def _apply_all(op: Operator, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _apply_all(op: Operator, rows: Iterable[dict[str, Any]], budget: CrashBudget | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for row in rows:
+        if budget is None or row.get("status", STATUS_OK) != STATUS_OK:
+            out.extend(op.apply(row))
+            continue
+        exhausted = budget.begin(op.name, row)
+        if exhausted is not None:
+            out.append(exhausted)
+            continue
         out.extend(op.apply(row))
+        budget.end(op.name, row)
     return out
 
 
 class _OperatorActor:
     """Actor-pool host for a stateful operator: setup() once, then batches."""
 
-    def __init__(self, op: Operator, threads: int = 1):
+    def __init__(self, op: Operator, threads: int = 1, budget: CrashBudget | None = None):
         limit_threads(threads)
-        self.op = op
+        self.op, self.budget = op, budget
         try:
             self.op.ensure_setup()
         except Exception:  # noqa: BLE001 - re-raised per row by Operator.apply, with the row attached
@@ -65,17 +74,18 @@ class _OperatorActor:
             self.op._is_setup = False
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return rows_to_arrow(_apply_all(self.op, batch.to_pylist()))
+        return rows_to_arrow(_apply_all(self.op, batch.to_pylist(), self.budget))
 
 
-def _task_batch(batch: pa.Table, op: Operator, threads: int = 1) -> pa.Table:
+def _task_batch(batch: pa.Table, op: Operator, threads: int = 1, budget: CrashBudget | None = None) -> pa.Table:
     limit_threads(threads, torch_too=False)
-    return rows_to_arrow(_apply_all(op, batch.to_pylist()))
+    return rows_to_arrow(_apply_all(op, batch.to_pylist(), budget))
 
 
-def _task_flat(row: dict[str, Any], op: Operator, threads: int = 1) -> list[dict[str, Any]]:
+def _task_flat(row: dict[str, Any], op: Operator, threads: int = 1,
+               budget: CrashBudget | None = None) -> list[dict[str, Any]]:
     limit_threads(threads, torch_too=False)
-    return op.apply(row)
+    return _apply_all(op, [row], budget)
 
 
 def pool_bounds(op: Operator, total_cpus: float) -> tuple[int, int]:
@@ -109,8 +119,10 @@ def fit_resources(operators: Sequence[Operator], total_cpus: float,
     return fitted
 
 
-def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus: float | None = None):
-    """Chain the operators onto a Ray Dataset; returns the new Dataset (lazy)."""
+def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus: float | None = None,
+                  budget: CrashBudget | None = None):
+    """Chain the operators onto a Ray Dataset; returns the new Dataset (lazy). With a `budget`,
+    an input whose worker keeps dying is failed after the budget's limit instead of retried."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -126,7 +138,7 @@ def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus
             min_size, max_size = pool_bounds(op, total_cpus)
             ds = ds.map_batches(
                 _OperatorActor,
-                fn_constructor_args=(op, threads),
+                fn_constructor_args=(op, threads, budget),
                 batch_size=res.batch_size,
                 batch_format="pyarrow",
                 # one queued block per actor: a busy actor must not hold work an idle one could take
@@ -136,12 +148,12 @@ def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus
                 num_gpus=gpus,
             )
         elif op.fan_out:
-            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op, "threads": threads}, num_cpus=cpus[op.name])
+            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op, "threads": threads, "budget": budget}, num_cpus=cpus[op.name])
             # a fan-out task emits all its rows (one video's clips) as one block, and a block goes
             # to one actor; split it so the clips of a long video spread over the pool
             ds = ds.repartition(target_num_rows_per_block=1)
         else:
-            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op, "threads": threads}, batch_size=res.batch_size,
+            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op, "threads": threads, "budget": budget}, batch_size=res.batch_size,
                                 batch_format="pyarrow", num_cpus=cpus[op.name])
     return ds
 
@@ -288,7 +300,8 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                 todo = run.order(plan.todo) if run.order else plan.todo
                 todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
                 ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-                ds = build_dataset(ds, operators, ctx)
+                budget = CrashBudget(run.max_attempts, f"facefab-crash-budget-{ctx.run_id}")
+                ds = build_dataset(ds, operators, ctx, budget=budget)
                 with quiet_console() as console:
                     progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
                     try:
@@ -301,6 +314,7 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                             progress.add(rows, _failed_stage)
                     finally:
                         progress.close()
+                        budget.close()
         compact(ctx.out_root, run.kind, ctx.storage_options)
         manifest = read_manifest(ctx.out_root, ctx.storage_options)
         errors = [{"id": r["id"], "status": r["status"], **json.loads(r["error"])} for r in written if r.get("error")][:50]

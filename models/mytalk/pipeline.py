@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,34 +114,61 @@ class MyTalkPipeline:
 
     @torch.inference_mode()
     def generate(self, crops: np.ndarray, ref_landmarks: np.ndarray, mel_windows: np.ndarray) -> MyTalkOutput:
+        """All frames at once: (T,S,S,3) uint8 crops in, MyTalkOutput with every frame out."""
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1] != crops.shape[2] or crops.shape[3] != 3 or crops.dtype != np.uint8:
             raise ValueError(f"crops must be (T,S,S,3) uint8, got {crops.dtype} {crops.shape}")
         n, size = len(crops), crops.shape[1]
-        if len(ref_landmarks) != n or len(mel_windows) != n:
-            raise ValueError(f"{n} crops but {len(ref_landmarks)} landmark frames and {len(mel_windows)} mel windows")
+        frames, alphas = crops.copy(), np.zeros((n, size, size), np.float32)
+        stream = self.generate_stream(crops.__getitem__, size, ref_landmarks, mel_windows)
+        for t, (frame, alpha) in enumerate(stream):
+            frames[t], alphas[t] = frame, alpha
+        return MyTalkOutput(frames, alphas, stream.target)
+
+    def generate_stream(self, crop_at: Callable[[int], np.ndarray], size: int, ref_landmarks: np.ndarray,
+                        mel_windows: np.ndarray) -> "FrameStream":
+        """The frames one batch at a time, for outputs too long to hold: `crop_at(t)` gives the
+        (S,S,3) uint8 crop of output frame t (asked for in order, plus the few reference frames
+        up front); iterating yields (frame, alpha) per output frame. `.target` holds the predicted
+        mouth points for all frames as soon as the stream is made."""
+        n = len(ref_landmarks)
+        if len(mel_windows) != n:
+            raise ValueError(f"{n} landmark frames but {len(mel_windows)} mel windows")
         points68, valid = fill_missing(normalised_68(ref_landmarks, size))
         target = self.predict_landmarks(points68, valid, np.asarray(mel_windows, np.float32))
+        return FrameStream(self._render_frames(crop_at, n, points68, valid, target), target)
+
+    @torch.inference_mode()
+    def _render_frames(self, crop_at, n, points68, valid, target) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         own = points68[:, MOTION_POINTS]
         cfg = self.renderer.config
         box = lip_box(own[valid], cfg.box_scale)
-        boxes = np.stack([warp_box(c, box, cfg.image_size) for c in crops])
         openness = np.ptp(own[:, 29:37, 1], axis=1)  # inner-lip height: references from closed to open
         ref_idx = np.flatnonzero(valid)[np.argsort(openness[valid])]
         ref_idx = ref_idx[np.round(np.linspace(0, len(ref_idx) - 1, cfg.num_refs)).astype(int)]
-        ref_boxes = boxes[ref_idx]
-        frames, alphas = crops.copy(), np.zeros((n, size, size), np.float32)
+        ref_boxes = np.stack([warp_box(crop_at(int(t)), box, cfg.image_size) for t in ref_idx])
         for start in range(0, n, self.batch_size):
-            idx = range(start, min(n, start + self.batch_size))
-            items = [frame_inputs(boxes[t], box.to_box(target[t]), [box.to_box(own[t]), box.to_box(target[t])],
-                                  ref_boxes, cfg.mask_dilation, cfg.feather) for t in idx]
+            crops = [crop_at(t) for t in range(start, min(n, start + self.batch_size))]
+            boxes = [warp_box(c, box, cfg.image_size) for c in crops]
+            items = [frame_inputs(b, box.to_box(target[t]), [box.to_box(own[t]), box.to_box(target[t])],
+                                  ref_boxes, cfg.mask_dilation, cfg.feather) for t, b in enumerate(boxes, start)]
             batch = to_model_inputs({k: np.stack([it[k] for it in items]) for k in items[0]}, self.device, self.dtype)
             rgb, alpha = self.renderer(batch["masked"], batch["sketch"], batch["mask"], batch["refs"])
             rgb = ((rgb.float().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
             alpha = alpha.float()[:, 0].cpu().numpy()
-            for j, t in enumerate(idx):
-                frames[t], alphas[t] = paste_box(crops[t], rgb[j], alpha[j], box)
-        return MyTalkOutput(frames, alphas, target)
+            for j, crop in enumerate(crops):
+                yield paste_box(crop, rgb[j], alpha[j], box)
+
+
+@dataclass
+class FrameStream:
+    """Generated (frame, alpha) pairs in output order, and the predicted mouth points (T,K,2)."""
+
+    frames: Iterator[tuple[np.ndarray, np.ndarray]]
+    target: np.ndarray
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.frames
 
 
 def paste_box(crop: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:

@@ -259,3 +259,37 @@ def test_mirrored_face_has_opposite_yaw(portrait):
     assert abs(original) > 5, f"{portrait} is too frontal for a sign test (yaw {original:.1f})"
     assert np.sign(original) == -np.sign(mirrored)
     assert abs(abs(original) - abs(mirrored)) < 3
+
+
+def test_a_clip_too_large_to_keep_decoded_streams_with_the_same_results(drive_rows, tmp_path, monkeypatch):
+    # Below the frame cache's byte budget the clip is decoded once and shared; above it every stage
+    # decodes it again in small chunks (a 10 s 4K clip would be 6 GB). The outputs must not change.
+    from facefab.media import frame_cache
+
+    frame_cache.clear()
+    monkeypatch.setattr(frame_cache, "MAX_BYTES", 10 << 20)  # the 2 s 512x512 clip is 39 MB
+    row = clip_row(DRIVE, 0.5, 2.5, width=512, height=512)
+    assert isinstance(frame_cache.clip_source(str(DRIVE), fps=25.0, start=0.5, end=2.5, width=512, height=512),
+                      frame_cache.StreamedFrames)
+    (streamed,) = run_local(chain(), [row], RunContext(out_root=str(tmp_path)))
+    (cached,) = drive_rows
+    assert streamed["status"] == "ok", streamed.get("error")
+    assert not frame_cache._cache  # nothing of the clip was kept
+    for column in ("_track", "_landmarks", "_align"):
+        a, b = unpack_arrays(streamed[column]), unpack_arrays(cached[column])
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{column}.{key}")
+    assert psnr(read_frames(streamed["crop_uri"]), read_frames(cached["crop_uri"])) > 60
+
+
+def test_take_picks_increasing_frames_from_arrays_and_streams():
+    from facefab.media import MediaError
+    from facefab.media.frame_cache import StreamedFrames, take
+
+    frames = read_frames(str(DRIVE), fps=25.0, start=0.0, end=0.4)
+    stream = StreamedFrames(str(DRIVE), fps=25.0, start=0.0, end=0.4)
+    for source in (frames, stream):
+        picked = list(take(source, [2, 3, 7]))
+        assert len(picked) == 3 and all(np.array_equal(p, frames[i]) for p, i in zip(picked, [2, 3, 7]))
+        with pytest.raises(MediaError, match="frame 10 asked of a window of 10 frames"):
+            list(take(source, [1, 10]))

@@ -139,13 +139,14 @@ def test_dub_mouth_follows_the_new_audio_and_closes_in_silence(d3_dub, d3_frames
 
 CUTS = [("drive_d3.mp4", 1.0), ("drive_d6.mp4", 2.0), ("drive_d10.mp4", 3.0), ("drive_d14.mp4", 1.0),
         ("drive_d0.mp4", 0.5), ("drive_d6.mp4", 9.0)]
-AUDIO = [("speech_hallo1.wav", 0.5), ("speech_hallo2.wav", 2.0), ("speech_eng.wav", 10.0)]
+AUDIO = [("speech_hallo1.wav", 1.0), ("speech_hallo2.wav", 2.0), ("speech_eng.wav", 10.0)]
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, shared_data):
     """18 good pairs (1 s 256x256 cuts, 0.6-1.6 s of speech: shorter and longer than the video),
-    one pair whose audio file is missing and one whose video has no face."""
+    one pair whose audio file is missing, one whose video has no face, and three whose new audio
+    has no words: digital silence, noise, 0.2 s of speech."""
     folder = tmp_path_factory.mktemp("catalog")
     videos = []
     for i, (name, start) in enumerate(CUTS):
@@ -167,6 +168,12 @@ def catalog(tmp_path_factory, shared_data):
             for i, (a, s) in enumerate(audios)]
     rows.append({"video_uri": videos[0], "audio_uri": str(folder / "missing.wav"), "out_name": "missing_audio"})
     rows.append({"video_uri": faceless, "audio_uri": audios[0][0], "out_name": "no_face"})
+    wordless = {"silent": np.zeros(16000, np.float32),
+                "noise": (np.random.default_rng(1).standard_normal(32000) * 0.1).astype(np.float32),
+                "blip": read_audio(str(shared_data / "audio" / "speech_eng.wav"), start=11.0, end=11.2)}
+    for name, audio in wordless.items():
+        write_audio(str(folder / f"{name}.wav"), audio, 16000)
+        rows.append({"video_uri": videos[1], "audio_uri": str(folder / f"{name}.wav"), "out_name": name})
     manifest = folder / "pairs.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
@@ -177,11 +184,14 @@ def test_manifest_with_bad_rows_fails_only_them_and_resumes(catalog, tmp_path, r
     config = DubConfig(score=False)
     inputs = dub_inputs(str(catalog))
     first = run_dub(inputs, config, RunContext(root), progress=False)
-    assert first.manifest_counts["ok"] == 18 and first.manifest_counts["failed"] == 2, first.errors
+    assert first.manifest_counts["ok"] == 18 and first.manifest_counts["failed"] == 5, first.errors
     rows = {r["out_name"]: r for r in read_manifest(root).to_pylist()}
     assert "not found" in rows["missing_audio"]["error"]["message"]
     assert "missing.wav" in rows["missing_audio"]["error"]["message"]
     assert "no face found" in rows["no_face"]["error"]["message"]
+    assert "is silent: 0.00 s of speech in 1.00 s" in rows["silent"]["error"]["message"]
+    for name in ("noise", "blip"):
+        assert "has no speech the voice detector accepts" in rows[name]["error"]["message"], name
     assert {r["model"] for r in rows.values()} == {"weightfree"}
     for name, row in rows.items():
         if row["status"] != "ok":
@@ -192,8 +202,8 @@ def test_manifest_with_bad_rows_fails_only_them_and_resumes(catalog, tmp_path, r
     stamps = {n: os.stat(r["out_uri"]).st_mtime_ns for n, r in rows.items() if r["status"] == "ok"}
 
     again = run_dub(inputs, config, RunContext(root), progress=False)
-    assert again.skipped_done == 18 and again.processed_inputs == 2
-    assert again.manifest_counts == {"ok": 18, "failed": 2, "filtered": 0}
+    assert again.skipped_done == 18 and again.processed_inputs == 5
+    assert again.manifest_counts == {"ok": 18, "failed": 5, "filtered": 0}
     assert {n: os.stat(rows[n]["out_uri"]).st_mtime_ns for n in stamps} == stamps
 
 
