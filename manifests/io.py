@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schemas import SCHEMA_VERSION, STATUSLESS_KINDS, schema_for
-from .storage import atomic_write_bytes, join_uri, list_visible, open_fs, remove
+from .storage import StoreUnreachable, atomic_write_bytes, endpoint_of, is_local, join_uri, list_visible, open_fs, remove
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,13 @@ class ManifestWriter:
     def _flush(self, rows: list[dict[str, Any]]) -> None:
         table = rows_to_table(rows, self.kind, self.run_id)
         uri = join_uri(self.root, self.folder, f"part-{self.run_id}-{self._seq:05d}.parquet")
-        atomic_write_bytes(uri, table_to_bytes(table), self.storage_options)
+        try:
+            atomic_write_bytes(uri, table_to_bytes(table), self.storage_options)
+        except Exception as exc:
+            if is_local(uri):
+                raise
+            raise StoreUnreachable(f"object store {endpoint_of(uri, self.storage_options)}: could not commit "
+                                   f"{len(rows)} rows to {uri}: {type(exc).__name__}: {exc}") from exc
         self._seq += 1
         self.shards.append(uri)
         self.rows_written += len(rows)
@@ -162,7 +168,9 @@ class ManifestWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # Commit what was processed even when the run is interrupted: those rows are done work.
-        self.flush()
+        # Not when the store is gone: that would only wait out its timeouts again; a rerun redoes them.
+        if not (exc_type and issubclass(exc_type, StoreUnreachable)):
+            self.flush()
 
 
 def write_table(uri: str, table: pa.Table, storage_options: dict[str, Any] | None = None) -> None:

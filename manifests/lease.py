@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .storage import atomic_write_bytes, exists, join_uri, read_bytes, remove
+from .storage import StoreUnreachable, atomic_write_bytes, exists, join_uri, read_bytes, remove
 
 LEASE_FILE = "_lease.json"
 
@@ -50,6 +50,8 @@ class RootLease:
         lease = self._read()
         if not lease or lease.get("run_id") == self.run_id:
             return None
+        if lease.get("host") == socket.gethostname() and not _alive(lease.get("pid")):
+            return None  # its process on this machine is gone (crashed, killed, lost its store)
         return lease if time.time() - float(lease.get("heartbeat", 0)) < self.ttl else None
 
     def acquire(self) -> RootLease:
@@ -75,13 +77,17 @@ class RootLease:
         while not self._stop.wait(self.ttl / 4):
             try:
                 self._write()
-            except OSError:  # a store hiccup: the next beat retries; the lease only lapses after ttl
-                pass
+            except Exception:  # noqa: BLE001 - a store hiccup (or the interpreter exiting under it):
+                continue  # the next beat retries; the lease only lapses after the ttl
 
-    def release(self) -> None:
+    def release(self, store_lost: bool = False) -> None:
+        """Remove the lease; with `store_lost` only stop the heartbeat (the store does not answer,
+        and the lease lapses by itself: its pid is gone, or its heartbeat is older than the ttl)."""
         self._stop.set()
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=0 if store_lost else 10)
+        if store_lost:
+            return
         lease = self._read()
         if lease and lease.get("run_id") == self.run_id:
             remove(self.uri, self.storage_options)
@@ -89,5 +95,17 @@ class RootLease:
     def __enter__(self) -> RootLease:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(store_lost=bool(exc_type and issubclass(exc_type, StoreUnreachable)))
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError):
+        return True  # no pid recorded: only the heartbeat's age can tell
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True

@@ -229,6 +229,11 @@ class StoreUnreachable(OSError):
     """The object store behind a URI did not answer in time."""
 
 
+def endpoint_of(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The store a remote URI talks to, for messages: the configured endpoint or the scheme."""
+    return ((storage_options or {}).get("client_kwargs") or {}).get("endpoint_url") or uri.split("://")[0]
+
+
 def check_reachable(uri: str, storage_options: dict[str, Any] | None = None, timeout: float = 60.0) -> None:
     """Fail fast, in one line naming the endpoint, when the store behind a remote `uri` does not
     answer a listing within `timeout` seconds (a store that accepts connections and then hangs would
@@ -240,7 +245,7 @@ def check_reachable(uri: str, storage_options: dict[str, Any] | None = None, tim
     def probe() -> None:
         try:
             fs, path = open_fs(uri, storage_options)
-            fs.ls(path.split("/", 1)[0], detail=False)
+            fs.ls(path.split("/", 1)[0], detail=False, refresh=True)  # not s3fs's listing cache
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             outcome.append(exc)
@@ -248,7 +253,7 @@ def check_reachable(uri: str, storage_options: dict[str, Any] | None = None, tim
     worker = threading.Thread(target=probe, name="facefab-store-check", daemon=True)
     worker.start()
     worker.join(timeout)
-    endpoint = ((storage_options or {}).get("client_kwargs") or {}).get("endpoint_url") or uri.split("://")[0]
+    endpoint = endpoint_of(uri, storage_options)
     if not outcome:
         raise StoreUnreachable(f"object store {endpoint} did not answer within {timeout:.0f} s ({uri})")
     if outcome[0] is not None and not isinstance(outcome[0], FileNotFoundError):

@@ -12,6 +12,8 @@ import sys
 import tempfile
 import threading
 
+from facefab.manifests.storage import StoreUnreachable
+
 # MediaPipe/TFLite and glog print a few lines per model load in every worker; keep warnings+.
 QUIET_NATIVE_LOGS = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -34,6 +36,8 @@ def native_stderr_to(path: str):
         os.dup2(sink.fileno(), 2)
     try:
         yield console
+    except StoreUnreachable:
+        raise  # says all there is in its one line; the captured text is Ray noting its workers' end
     except Exception:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -105,6 +109,10 @@ def init_ray(num_cpus: int | None = None, progress: bool = True, verbose: bool |
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
     ctx = DataContext.get_current()
+    # Ray Data stops a dataset after 30 min without a finished block; one row here (a long dub, a
+    # long video's shot detection) may legitimately take longer. Hung workers are the crash
+    # budget's and the store watch's business, not a wall-clock guess.
+    ctx.execution_no_progress_timeout_s = -1
     ctx.enable_progress_bars = progress and verbose
     ctx.enable_operator_progress_bars = progress and verbose
 

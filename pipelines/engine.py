@@ -32,6 +32,7 @@ from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads,
 
 from .crash_budget import CrashBudget
 from .progress import RunProgress
+from .store_watch import StoreWatch
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                 ds = ray.data.from_items(todo, override_num_blocks=len(todo))
                 budget = CrashBudget(run.max_attempts, f"facefab-crash-budget-{ctx.run_id}")
                 ds = build_dataset(ds, operators, ctx, budget=budget)
-                with quiet_console() as console:
+                with quiet_console() as console, StoreWatch(ctx.out_root, ctx.storage_options) as watch:
                     progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
                     try:
                         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -312,6 +313,10 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                                     for r in rows]
                             written.extend(rows)
                             progress.add(rows, _failed_stage)
+                    except KeyboardInterrupt:
+                        if watch.error is not None:  # the store stopped answering (see StoreWatch)
+                            raise watch.error from None
+                        raise
                     finally:
                         progress.close()
                         budget.close()

@@ -1,7 +1,7 @@
-"""Fault injection: SIGTERM to `facefab preprocess` in the middle of a multi-clip input, then a
-rerun. The interrupted run commits the clips it finished; the rerun must not call the input done
-on those alone, and ends with exactly the rows an undisturbed run gives: nothing lost, duplicated
-or partial."""
+"""Fault injection in the middle of a multi-clip input, then a rerun: SIGTERM to `facefab
+preprocess`, and an object store that stops answering or goes down under a run writing to S3.
+The interrupted run commits the clips it finished; the rerun must not call the input done on those
+alone, and ends with exactly the rows an undisturbed run gives: nothing lost, duplicated or partial."""
 
 from __future__ import annotations
 
@@ -22,30 +22,36 @@ SAMPLE = REPO / "samples" / "talking_d6_4s.mp4"  # 4 s: 4 one-second clips with 
 FLAGS = ["--shots.max-clip", "1", "--shots.min-clip", "0.5", "--no-progress", "--commit-seconds", "0"]
 
 
-def _preprocess(root: Path, *extra: str) -> subprocess.Popen:
+def _preprocess(root: Path | str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "facefab.jobs.cli", "preprocess", str(SAMPLE), "--out",
                              str(root), *FLAGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=REPO)
 
 
-def _rows(root: Path) -> list[tuple]:
-    return sorted((r["clip_id"], r["track_id"], r["status"], r["parts"]) for r in read_manifest(str(root)).to_pylist())
+def _rows(root: Path | str, storage_options: dict | None = None) -> list[tuple]:
+    return sorted((r["clip_id"], r["track_id"], r["status"], r["parts"])
+                  for r in read_manifest(str(root), storage_options).to_pylist())
 
 
 def _shards(root: Path) -> list[Path]:
     return list((root / "manifest").glob("part-*.parquet")) if (root / "manifest").exists() else []
 
 
-@pytest.mark.slow
-def test_sigterm_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path):
-    reference = tmp_path / "undisturbed"
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory) -> list[tuple]:
+    """The rows of an undisturbed run."""
+    reference = tmp_path_factory.mktemp("undisturbed")
     proc = _preprocess(reference)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    expected = _rows(reference)
-    assert len({r[0] for r in expected}) == 4  # four clips of one input
+    rows = _rows(reference)
+    assert len({r[0] for r in rows}) == 4  # four clips of one input
+    return rows
 
+
+@pytest.mark.slow
+def test_sigterm_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path, expected):
     root = tmp_path / "interrupted"
     proc = _preprocess(root)
     deadline = time.monotonic() + 600
@@ -67,3 +73,45 @@ def test_sigterm_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path):
     assert _rows(root) == expected
     summary = json.loads((root / "summary.json").read_text())
     assert summary["outcome"] == "completed" and summary["manifest_counts"]["ok"] == len(expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["pause", "cut"], ids=["store_hangs", "store_down"])
+def test_store_outage_mid_run_ends_in_one_line_and_a_rerun_completes(outage, s3_server, expected, monkeypatch):
+    import boto3
+    from store_proxy import StoreProxy
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FACEFAB_S3_ENDPOINT", raising=False)
+    bucket = f"outage-{outage}-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}/run"
+    direct = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}
+    proxy = StoreProxy(int(s3_server.rsplit(":", 1)[1]))
+    through_proxy = json.dumps({**direct, "client_kwargs": {"endpoint_url": proxy.endpoint}})
+    try:
+        proc = _preprocess(root, "--storage-options", through_proxy)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline and not read_manifest(root, direct).num_rows:
+            time.sleep(0.5)  # the first clip's rows are committed
+        assert proc.poll() is None, "the run finished before the store could fail"
+        proxy.pause() if outage == "pause" else proxy.cut()
+        start = time.monotonic()
+        out, _ = proc.communicate(timeout=300)
+        took = time.monotonic() - start
+        assert proc.returncode == 1, out
+        assert took < 120, f"the run took {took:.0f} s to give up on the store"
+        last = out.strip().splitlines()[-1]
+        assert proxy.endpoint in last and "Traceback" not in out, out
+        partial = _rows(root, direct)
+        assert 0 < len(partial) < len(expected) and set(partial) <= set(expected), (partial, expected)
+
+        proxy.restore()
+        proc = _preprocess(root, "--storage-options", through_proxy)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        assert _rows(root, direct) == expected
+    finally:
+        proxy.close()

@@ -1,0 +1,96 @@
+"""Peak memory of the two inputs that used to grow without bound: an 8 s 4K clip through
+`facefab preprocess` and 10 minutes of new speech through `facefab dub`.
+
+Each command runs as users run it (the CLI, Ray workers and all) while the summed PSS of the
+command and every Ray process is sampled (benchmarks/preprocess_throughput.py's PeakMemory).
+Prints the peak of each and the ceiling it is held to (4 GiB, issue "Reliability under faults").
+
+Usage: python benchmarks/memory_ceiling.py [--seconds 8] [--dub-minutes 10] [--keep DIR]
+Inputs are made from the bundled test media (tests/data), so nothing beside the clone is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facefab.media import iter_frames, probe, read_audio, write_audio, write_video, resize_frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess_throughput import PeakMemory  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+CEILING = 4 << 30
+
+
+def make_4k_clip(path: Path, seconds: float) -> None:
+    """`seconds` of a bundled talking video, upscaled to 3840x2160 (loops the source if short)."""
+    source = DATA / "videos" / "drive_d6.mp4"
+    fps = probe(str(source)).fps
+    wanted = int(round(seconds * fps))
+
+    def frames():
+        done = 0
+        while done < wanted:
+            for chunk in iter_frames(str(source), chunk=16):
+                for frame in resize_frames(chunk, (2160, 2160)):
+                    if done == wanted:
+                        return
+                    canvas = np.zeros((2160, 3840, 3), np.uint8)
+                    canvas[:, 840:3000] = frame
+                    done += 1
+                    yield canvas
+
+    write_video(str(path), frames(), fps, crf=23)
+
+
+def make_long_speech(path: Path, minutes: float) -> None:
+    speech = read_audio(str(DATA / "audio" / "speech_eng.wav"))
+    reps = int(np.ceil(minutes * 60 * 16000 / len(speech)))
+    write_audio(str(path), np.tile(speech, reps)[: int(minutes * 60 * 16000)], 16000)
+
+
+def peak_of(command: list[str]) -> tuple[float, float, int]:
+    """(peak GiB, wall seconds, exit code) of a CLI command."""
+    start = time.perf_counter()
+    with PeakMemory() as peak:
+        rc = subprocess.run(command, cwd=REPO).returncode
+    return peak.peak / (1 << 30), time.perf_counter() - start, rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8.0, help="length of the 4K clip")
+    ap.add_argument("--dub-minutes", type=float, default=10.0, help="minutes of new speech to dub")
+    ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
+    args = ap.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="facefab-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "facefab.jobs.cli"]
+
+    clip = work / "clip_4k.mp4"
+    if not clip.exists():
+        make_4k_clip(clip, args.seconds)
+    gib, wall, rc = peak_of([*cli, "preprocess", str(clip), "--out", str(work / "pre"), "--no-resume"])
+    print(f"preprocess {args.seconds:g} s 4K clip: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
+          f"ceiling {CEILING / (1 << 30):.0f} GiB: {'ok' if gib * (1 << 30) < CEILING and rc == 0 else 'OVER'}")
+
+    speech = work / "speech_long.wav"
+    if not speech.exists():
+        make_long_speech(speech, args.dub_minutes)
+    video = DATA / "videos" / "drive_d3.mp4"
+    gib, wall, rc = peak_of([*cli, "dub", "--video", str(video), "--audio", str(speech), "--out", str(work / "dub"),
+                             "--no-resume"])
+    print(f"dub {args.dub_minutes:g} min of speech: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
+          f"ceiling {CEILING / (1 << 30):.0f} GiB: {'ok' if gib * (1 << 30) < CEILING and rc == 0 else 'OVER'}")
+
+
+if __name__ == "__main__":
+    main()
