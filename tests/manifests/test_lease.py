@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -45,6 +46,23 @@ def test_a_dead_runs_lease_is_taken_over_and_a_waiting_run_gets_a_released_one(r
     start = time.monotonic()
     with RootLease(uri, "run-e", opts, ttl_seconds=4, wait_seconds=30):
         assert 1.5 < time.monotonic() - start < 30
+
+
+def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    uri = str(tmp_path / "root")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease = {"run_id": "killed", "host": socket.gethostname(), "pid": int(gone.stdout), "heartbeat": time.time()}
+    atomic_write_bytes(join_uri(uri, LEASE_FILE), json.dumps(lease).encode(), {})
+    with RootLease(uri, "rerun", {}):  # fresh heartbeat, but its process is gone: no wait
+        pass
+    lease["pid"] = os.getpid()  # alive: the holder is named
+    atomic_write_bytes(join_uri(uri, LEASE_FILE), json.dumps(lease).encode(), {})
+    with pytest.raises(RootBusy, match="in use by run killed"):
+        RootLease(uri, "rerun", {}).acquire()
 
 
 def test_temp_files_of_a_killed_writer_are_removed(tmp_path):

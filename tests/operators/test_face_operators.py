@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -293,3 +294,58 @@ def test_take_picks_increasing_frames_from_arrays_and_streams():
         assert len(picked) == 3 and all(np.array_equal(p, frames[i]) for p, i in zip(picked, [2, 3, 7]))
         with pytest.raises(MediaError, match="frame 10 asked of a window of 10 frames"):
             list(take(source, [1, 10]))
+
+
+_PEAK_SCRIPT = """
+import json, sys, threading
+import psutil
+from facefab.operators.base import RunContext
+from facefab.operators.faces import FaceTrack
+from facefab.operators.landmarks import FaceLandmarks
+from facefab.operators.align import AlignCrop
+from facefab.pipelines.engine import run_local
+ops = [FaceTrack(), FaceLandmarks(), AlignCrop()]
+for op in ops:
+    op.ensure_setup()
+row = json.loads(sys.argv[1])
+me = psutil.Process()
+before, peak, done = me.memory_info().rss, [0], threading.Event()
+def sample():
+    while not done.wait(0.02):
+        peak[0] = max(peak[0], me.memory_info().rss)
+threading.Thread(target=sample, daemon=True).start()
+(out,) = run_local(ops, [row], RunContext(out_root=sys.argv[2]))
+done.set()
+print(json.dumps({"status": out["status"], "error": out.get("error"), "growth": peak[0] - before}))
+"""
+
+
+@pytest.mark.slow
+def test_a_large_clip_is_processed_within_a_memory_ceiling(tmp_path):
+    # 4 s at 1920x1080 is 0.6 GB of decoded frames: held when the frame cache may keep it, streamed
+    # in chunks when its budget is smaller. The same run in a fresh process each way: the streamed
+    # run's peak grows by a fixed amount (about 250 MB here: codecs, MediaPipe), the held one by more
+    # than the clip.
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.mp4"
+    frames = read_frames(str(DRIVE), fps=25.0, start=0.0, end=4.0)
+    canvas = np.zeros((len(frames), 1080, 1920, 3), np.uint8)
+    canvas[:, 28:1052, 448:1472] = np.stack([cv2.resize(f, (1024, 1024)) for f in frames])
+    write_video(str(big), canvas, 25.0)
+    clip_bytes = canvas.nbytes
+    del canvas
+    row = json.dumps(clip_row(big, 0.0, 4.0, width=1920, height=1080))
+
+    def growth(budget_mb: int) -> int:
+        env = {**os.environ, "FACEFAB_FRAME_CACHE_MB": str(budget_mb)}
+        done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, row, str(tmp_path / f"out{budget_mb}")],
+                              capture_output=True, text=True, env=env, timeout=600)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["status"] == "ok", (result, done.stderr[-2000:])
+        return result["growth"]
+
+    streamed, held = growth(64), growth(4096)
+    assert streamed < 0.6 * clip_bytes, (streamed, clip_bytes)  # codec and model buffers, not the clip
+    assert held > clip_bytes, (held, clip_bytes)

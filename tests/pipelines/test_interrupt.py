@@ -76,6 +76,29 @@ def test_sigterm_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path, e
 
 
 @pytest.mark.slow
+def test_driver_killed_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path, expected):
+    # kill -9: nothing is committed on the way out, the lease stays behind with a dead pid and temp
+    # files may be left; the rerun (straight away, no lease wait) must take over and finish the input
+    root = tmp_path / "killed"
+    proc = _preprocess(root)
+    deadline = time.monotonic() + 600
+    while not _shards(root) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert (root / "_lease.json").exists()
+    assert 0 < len(_rows(root)) < len(expected)
+
+    proc = _preprocess(root)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "(0 already done)" in out
+    assert _rows(root) == expected
+    assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["pause", "cut"], ids=["store_hangs", "store_down"])
 def test_store_outage_mid_run_ends_in_one_line_and_a_rerun_completes(outage, s3_server, expected, monkeypatch):
     import boto3
