@@ -4,6 +4,7 @@
 Each command runs as users run it (the CLI, Ray workers and all) while the summed PSS of the
 command and every Ray process is sampled (benchmarks/preprocess_throughput.py's PeakMemory).
 Prints the peak of each and the ceiling it is held to (4 GiB, issue "Reliability under faults").
+Run it on an otherwise idle machine: every Ray process on the machine is counted.
 
 Usage: python benchmarks/memory_ceiling.py [--seconds 8] [--dub-minutes 10] [--keep DIR]
 Inputs are made from the bundled test media (tests/data), so nothing beside the clone is needed.
@@ -70,25 +71,36 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="length of the 4K clip")
     ap.add_argument("--dub-minutes", type=float, default=10.0, help="minutes of new speech to dub")
     ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
+    ap.add_argument("--only", choices=("preprocess", "dub"), help="run only this command")
     args = ap.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="facefab-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "facefab.jobs.cli"]
 
+    if args.only != "dub":
+        preprocess_4k(cli, work, args.seconds)
+    if args.only != "preprocess":
+        dub_long(cli, work, args.dub_minutes)
+
+
+def preprocess_4k(cli: list[str], work: Path, seconds: float) -> None:
     clip = work / "clip_4k.mp4"
     if not clip.exists():
-        make_4k_clip(clip, args.seconds)
+        make_4k_clip(clip, seconds)
     gib, wall, rc = peak_of([*cli, "preprocess", str(clip), "--out", str(work / "pre"), "--no-resume"])
-    print(f"preprocess {args.seconds:g} s 4K clip: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
+    print(f"preprocess {seconds:g} s 4K clip: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
           f"ceiling {CEILING / (1 << 30):.0f} GiB: {'ok' if gib * (1 << 30) < CEILING and rc == 0 else 'OVER'}")
 
-    speech = work / "speech_long.wav"
+
+
+def dub_long(cli: list[str], work: Path, minutes: float) -> None:
+    speech = work / f"speech_{minutes:g}min.wav"
     if not speech.exists():
-        make_long_speech(speech, args.dub_minutes)
+        make_long_speech(speech, minutes)
     video = DATA / "videos" / "drive_d3.mp4"
-    gib, wall, rc = peak_of([*cli, "dub", "--video", str(video), "--audio", str(speech), "--out", str(work / "dub"),
+    gib, wall, rc = peak_of([*cli, "dub", "--video", str(video), "--audio", str(speech), "--out", str(work / f"dub{minutes:g}"),
                              "--no-resume"])
-    print(f"dub {args.dub_minutes:g} min of speech: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
+    print(f"dub {minutes:g} min of speech: peak {gib:.2f} GiB in {wall:.0f} s (exit {rc}); "
           f"ceiling {CEILING / (1 << 30):.0f} GiB: {'ok' if gib * (1 << 30) < CEILING and rc == 0 else 'OVER'}")
 
 
