@@ -33,9 +33,6 @@ class _Ledger:
     def end(self, stage: str, row_id: str) -> None:
         self.in_flight.pop((stage, row_id), None)
 
-    def crashed(self) -> dict[str, int]:
-        return {f"{stage}:{row_id}": n - 1 for (stage, row_id), n in self.in_flight.items() if n > 1}
-
 
 class CrashBudget:
     """Shipped to every worker of a run; `limit` worker deaths per input and stage."""

@@ -50,15 +50,14 @@ def rows_to_arrow(rows: list[dict[str, Any]]) -> pa.Table:
 def _apply_all(op: Operator, rows: Iterable[dict[str, Any]], budget: CrashBudget | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for row in rows:
-        if budget is None or row.get("status", STATUS_OK) != STATUS_OK:
-            out.extend(op.apply(row))
-            continue
-        exhausted = budget.begin(op.name, row)
+        tracked = budget is not None and row.get("status", STATUS_OK) == STATUS_OK  # others pass through
+        exhausted = budget.begin(op.name, row) if tracked else None
         if exhausted is not None:
             out.append(exhausted)
             continue
         out.extend(op.apply(row))
-        budget.end(op.name, row)
+        if tracked:
+            budget.end(op.name, row)
     return out
 
 

@@ -29,6 +29,16 @@ def _preprocess(root: Path | str, *extra: str) -> subprocess.Popen:
                             text=True, env=env, cwd=REPO)
 
 
+def _preprocess_until_first_commit(root: Path) -> subprocess.Popen:
+    """A running preprocess that has committed its first clip's rows: the input is now half done."""
+    proc = _preprocess(root)
+    deadline = time.monotonic() + 600
+    while not _shards(root) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    return proc
+
+
 def _rows(root: Path | str, storage_options: dict | None = None) -> list[tuple]:
     return sorted((r["clip_id"], r["track_id"], r["status"], r["parts"])
                   for r in read_manifest(str(root), storage_options).to_pylist())
@@ -53,11 +63,7 @@ def expected(tmp_path_factory) -> list[tuple]:
 @pytest.mark.slow
 def test_sigterm_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_path, expected):
     root = tmp_path / "interrupted"
-    proc = _preprocess(root)
-    deadline = time.monotonic() + 600
-    while not _shards(root) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first clip's rows are committed: the input is now half done
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc = _preprocess_until_first_commit(root)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
@@ -80,11 +86,7 @@ def test_driver_killed_mid_input_then_rerun_gives_the_undisturbed_manifest(tmp_p
     # kill -9: nothing is committed on the way out, the lease stays behind with a dead pid and temp
     # files may be left; the rerun (straight away, no lease wait) must take over and finish the input
     root = tmp_path / "killed"
-    proc = _preprocess(root)
-    deadline = time.monotonic() + 600
-    while not _shards(root) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    proc = _preprocess_until_first_commit(root)
     proc.kill()
     proc.communicate(timeout=60)
     assert (root / "_lease.json").exists()
