@@ -5,12 +5,11 @@ OUT ?= out/demo
 
 .PHONY: install browser demo test bench clean
 
-# Two packages are installed without their dependencies: MediaPipe 0.10.21 (its pins would
-# downgrade numpy and break pandas/pyarrow) and invisible-watermark 0.2.0 (it pins the GUI build of
-# OpenCV, which clashes with opencv-python-headless). What they need is in pyproject.toml.
+# MediaPipe 0.10.21 is installed without its dependencies (its pins would downgrade numpy and
+# break pandas/pyarrow). What it needs is in pyproject.toml.
 install: browser
 	$(PIP) install -q -e ".[test]"
-	$(PIP) install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0"
+	$(PIP) install -q --no-deps "mediapipe==0.10.21"
 
 # The report test opens report.html in headless Chromium: Debian's chromium + chromedriver (no
 # browser download). Installed with apt-get where missing; skipped when both are already there.

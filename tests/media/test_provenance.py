@@ -131,44 +131,40 @@ def test_synthetic_tags_survive_mp4_and_mkv(tmp_path: Path) -> None:
 # Watermark
 
 
-def test_watermark_is_invisible_and_library_compatible(source: np.ndarray, marked: np.ndarray) -> None:
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def test_watermark_is_luma_only_and_costs_under_a_db_after_encoding(source: np.ndarray, marked: np.ndarray,
+                                                                     marked_mp4: str, tmp_path: Path) -> None:
+    delta = marked.astype(np.int16) - source
+    unclipped = ((source > 0) & (source < 255)).all(axis=-1)
+    assert np.abs(delta).max() <= 2 and np.abs(delta).any()
+    assert (delta[..., 0] == delta[..., 1])[unclipped].all() and (delta[..., 1] == delta[..., 2])[unclipped].all()
+    assert _psnr(marked, source) > 50.0
+    plain = str(tmp_path / "plain.mp4")
+    write_video(plain, source, 30)  # the same encode (CRF 18) without the mark
+    cost = _psnr(read_frames(plain), source) - _psnr(read_frames(marked_mp4), source)
+    print(f"\nwhole-frame PSNR cost of the watermark after CRF 18: {cost:.2f} dB")
+    assert cost <= 1.0
+    # the same pattern for PERIOD frames, then its negative; dark regions carry nothing
+    grey = np.full((prov.PERIOD + 1, 96, 96, 3), 128, np.uint8)
+    flat = prov.embed_watermark(grey).astype(np.int16) - grey
+    assert flat[0].any() and np.array_equal(flat[0], flat[prov.PERIOD - 1])
+    assert np.array_equal(flat[prov.PERIOD], -flat[0])
+    dark = np.zeros_like(source[:1])
+    assert np.array_equal(prov.embed_watermark(dark), dark)
+
+
+def test_watermark_survives_a_half_size_copy(marked_mp4: str, tmp_path: Path) -> None:
     import cv2
-    from imwatermark import WatermarkDecoder
 
-    mse = np.mean((marked.astype(np.float64) - source) ** 2)
-    assert 10 * np.log10(255.0**2 / mse) > 37.0  # chroma-only change, ~39 dB
-    # The mark is imwatermark's dwtDctSvd: the library's own decoder reads our embedded bits.
-    bits = prov._embedded_bits(prov._codeword(b"facefab"))
-    decoder = WatermarkDecoder("bits", len(bits))
-    read = decoder.decode(cv2.cvtColor(marked[0], cv2.COLOR_RGB2BGR), "dwtDctSvd", scales=[0, prov.WATERMARK_SCALE, 0])
-    assert np.mean(np.asarray(read, np.uint8) == bits) == 1.0
-
-
-def test_vectorised_embed_matches_library_kernel(source: np.ndarray) -> None:
-    """Our vectorised dwtDctSvd embedding is the library kernel's math, block for block."""
-    import cv2
-    import pywt
-    from imwatermark import WatermarkDecoder
-    from imwatermark.dwtDctSvd import EmbedDwtDctSvd
-
-    frame = cv2.resize(source[0], (256, 256), interpolation=cv2.INTER_AREA)
-    bits = prov._embedded_bits(prov._codeword(b"facefab"))
-    kernel = EmbedDwtDctSvd(watermarks=[int(b) for b in bits], wmLen=len(bits),
-                            scales=[0, prov.WATERMARK_SCALE, 0], block=4)
-    # 256x256, and a crop whose LL band (100x122) leaves a partial block column the kernel skips.
-    for img in (frame, frame[:200, :244]):
-        yuv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2YUV)
-        ca, _ = pywt.dwt2(yuv[:, :, 1].astype(np.float64), "haar")
-        ref, ours = ca.copy(), ca.copy()
-        kernel.encode_frame(ref, prov.WATERMARK_SCALE)  # the library, block by block (reference)
-        prov._encode_frame(ours, bits, prov.WATERMARK_SCALE)
-        assert np.abs(ref - ca).max() > 1.0  # the kernel did change the band
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
-    # And the library's decoder reads the marked 256x256 frame.
-    marked = prov.embed_watermark(frame)
-    read = WatermarkDecoder("bits", len(bits)).decode(cv2.cvtColor(marked, cv2.COLOR_RGB2BGR), "dwtDctSvd",
-                                                      scales=[0, prov.WATERMARK_SCALE, 0])
-    assert np.array_equal(np.asarray(read, np.uint8), bits)
+    frames = read_frames(marked_mp4)
+    half = np.stack([cv2.resize(f, (240, 240), interpolation=cv2.INTER_AREA) for f in frames])
+    path = str(tmp_path / "half.mp4")
+    write_video(path, half, 30, crf=23)
+    wm = prov.verify_file(path).watermark
+    assert wm.found and wm.crc_ok and wm.payload == "facefab", wm
 
 
 def test_verify_finds_tag_and_watermark(marked_mp4: str) -> None:
@@ -209,23 +205,26 @@ def test_no_false_positive_on_real_video(videos: Path, source: np.ndarray) -> No
 def test_small_frames_custom_payload(source: np.ndarray, tmp_path: Path) -> None:
     import cv2
 
-    small = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in source[:25]])
+    small = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in source])
     marked = prov.embed_watermark(small)
-    path = str(tmp_path / "small.mp4")
-    write_video(path, marked, 30, crf=28)
-    wm = prov.detect_watermark(read_frames(path))
-    assert wm.found and wm.crc_ok and wm.payload == "facefab", wm
+    for crf in (23, 28):
+        path = str(tmp_path / f"small{crf}.mp4")
+        write_video(path, marked, 30, crf=crf)
+        wm = prov.detect_watermark(read_frames(path))
+        assert wm.found and wm.payload == "facefab" and wm.p_value < 1e-7, wm
+        # read blind at CRF 23; at CRF 28 a 256x256 frame keeps >= 85 % of the expected codeword
+        assert wm.crc_ok or crf == 28, wm
     # Any payload reads back blind (CRC), given its length; a wrong length finds nothing.
-    job = prov.embed_watermark(small[:5], "job-42")
+    job = prov.embed_watermark(small[:12], "job-42")
     wm = prov.detect_watermark(job, payload_len_bits=48, expected=None)
     assert wm.found and wm.crc_ok and wm.payload == "job-42"
     assert not prov.detect_watermark(job).found
     # every=N marks a subset of frames; they still vote.
-    assert prov.detect_watermark(prov.embed_watermark(small[:6], every=3)).found
-    # Too small to hold the codeword: a clear error on embed, a note on detect.
+    assert prov.detect_watermark(prov.embed_watermark(small[:24], every=2)).found
+    # Too small to hold the mark: a clear error on embed, a note on detect.
     with pytest.raises(ValueError, match="too small"):
-        prov.embed_watermark(small[:1, :64, :64])
-    wm = prov.detect_watermark(small[:1, :64, :64])
+        prov.embed_watermark(small[:1, :48, :48])
+    wm = prov.detect_watermark(small[:1, :24, :24])
     assert not wm.found and wm.frames_checked == 0 and "too small" in wm.note
 
 
