@@ -158,6 +158,33 @@ def link_detections(detections: list[list[Detection]], *, iou_threshold: float =
     return sorted(closed + open_tracks, key=lambda t: (t.frames[0], float(t.detections[0].bbox[0])))
 
 
+def _same_place(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two boxes of one face a moment apart: centres within half a box side, sides within 1.5x."""
+    size_a, size_b = a[2:] - a[:2], b[2:] - b[:2]
+    if (size_a <= 0).any() or (size_b <= 0).any():
+        return False
+    ratio = np.sqrt(np.prod(size_a) / np.prod(size_b))
+    shift = np.linalg.norm((a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2)
+    return bool(1 / 1.5 <= ratio <= 1.5 and shift <= 0.5 * float(np.sqrt(np.prod(size_a))))
+
+
+def join_tracks(raw: list[_OpenTrack], max_gap_frames: int) -> list[_OpenTrack]:
+    """Re-joins the pieces of one face's track that linking split (a fast turn, a missed stretch
+    of detections): a track that starts at most `max_gap_frames` after another ended, where that
+    one's last box is, continues it. Simultaneous faces never join (one must end first)."""
+    joined: list[_OpenTrack] = []
+    for track in sorted(raw, key=lambda t: t.frames[0]):
+        ended = [j for j in joined if j.last_frame < track.frames[0] <= j.last_frame + max_gap_frames + 1
+                 and _same_place(j.last_box, track.detections[0].bbox)]
+        if ended:
+            head = max(ended, key=lambda j: j.last_frame)
+            head.frames += track.frames
+            head.detections += track.detections
+        else:
+            joined.append(_OpenTrack(list(track.frames), list(track.detections)))
+    return sorted(joined, key=lambda t: (t.frames[0], float(t.detections[0].bbox[0])))
+
+
 
 
 
@@ -175,10 +202,13 @@ def _dense_track(raw: _OpenTrack, track_id: int, smooth_window: int) -> Track:
 
 
 def track_faces(detections: list[list[Detection]], *, iou_threshold: float = 0.3, max_gap_frames: int = 5,
-                min_track_frames: int = 25, smooth_window: int = 5) -> list[Track]:
+                min_track_frames: int = 25, smooth_window: int = 5, join_gap_frames: int = 0) -> list[Track]:
     """Tracks (with gaps <= max_gap_frames interpolated) of at least `min_track_frames` frames,
-    numbered 0.. by first frame, then left to right."""
+    numbered 0.. by first frame, then left to right. join_gap_frames > 0: pieces of one face's
+    track up to that many frames apart are re-joined (`join_tracks`) and the gap interpolated."""
     raw = link_detections(detections, iou_threshold=iou_threshold, max_gap_frames=max_gap_frames)
+    if join_gap_frames > 0:
+        raw = join_tracks(raw, join_gap_frames)
     dense = [_dense_track(t, i, smooth_window) for i, t in enumerate(raw)]
     kept = [t for t in dense if len(t) >= min_track_frames]
     for new_id, track in enumerate(kept):

@@ -5,6 +5,7 @@ files: synthetic tag, invisible watermark, C2PA (provenance.py)."""
 from .io import (
     MediaError,
     MediaInfo,
+    frame_times,
     iter_frames,
     local_path,
     probe,
@@ -20,6 +21,7 @@ from .io import (
 __all__ = [
     "MediaError",
     "MediaInfo",
+    "frame_times",
     "iter_frames",
     "local_path",
     "probe",

@@ -11,7 +11,9 @@ must not modify the arrays.
 A window larger than `MAX_BYTES` (a 10 s 4K clip is 6 GB of RGB) is not kept: `clip_source`
 returns a `StreamedFrames` that decodes it again, a chunk at a time, on every pass, so a worker's
 memory does not grow with the resolution or length of its input. Code that reads frames through
-`clip_source` iterates them (`take` for a subset) and works with both forms.
+`clip_source` iterates them (`take` for a subset) and works with both forms. Code that needs frames
+by index in any order (the dub's ping-pong) uses `indexed_frames`: the array, or `SeekableFrames`,
+which decodes short blocks on demand and keeps a few.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from facefab.manifests.storage import open_fs
 
-from . import MediaError, iter_frames, read_frames, resize_frames
+from . import MediaError, frame_times, iter_frames, read_frames, resize_frames
 
 MAX_ENTRIES = 2
 # Decoded frames one worker keeps (FACEFAB_FRAME_CACHE_MB overrides); larger windows stream.
@@ -62,13 +64,68 @@ class StreamedFrames:
         self.storage_options = storage_options
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        # PyAV: decord keeps a pool of ~80 decoded frames per reader (0.5 GB at 1080p)
         for chunk in iter_frames(self.uri, fps=self.fps, start=self.start, end=self.end,
-                                 storage_options=self.storage_options, backend="pyav"):
+                                 storage_options=self.storage_options):
             yield from chunk
 
 
 Frames = np.ndarray | StreamedFrames
+
+
+def fits_in_memory(count: float, width: int, height: int) -> bool:
+    """Whether `count` decoded RGB frames of this size stay within MAX_BYTES."""
+    return count * width * height * 3 <= MAX_BYTES
+
+
+class SeekableFrames:
+    """The first `count` frames of a local video by index, in any order, without decoding them
+    all: frame i decodes its block (a seek and a few MB of frames) unless the block is one of the
+    `keep` most recently used, so forward and backward walks decode each block about once."""
+
+    BLOCK_BYTES = 32 << 20
+
+    def __init__(self, path: str, count: int, width: int, height: int, keep: int = 4):
+        times = frame_times(path)
+        if len(times) < count:
+            raise MediaError(f"'{path}' has {len(times)} frames, {count} asked for")
+        self.path, self.times, self.count, self.keep = path, times, count, keep
+        self.block = max(1, self.BLOCK_BYTES // (width * height * 3))
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.count:
+            raise IndexError(f"frame {i} of {self.count}")
+        b = int(i) // self.block
+        frames = self._blocks.get(b)
+        if frames is None:
+            first, stop = b * self.block, min((b + 1) * self.block, self.count)
+            end = self.times[stop] if stop < len(self.times) else None
+            frames = read_frames(self.path, start=float(self.times[first]), end=end)
+            if len(frames) < stop - first:
+                raise MediaError(f"'{self.path}' decoded {len(frames)} frames from frame {first}, "
+                                 f"{stop - first} expected")
+            self._blocks[b] = frames
+            while len(self._blocks) > self.keep:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(b)
+        return frames[int(i) - b * self.block]
+
+
+def indexed_frames(path: str, count: int, width: int, height: int) -> np.ndarray | SeekableFrames:
+    """The first `count` frames of a local video, indexable: one decoded array when it fits
+    MAX_BYTES, else a SeekableFrames."""
+    if fits_in_memory(count, width, height):
+        times = frame_times(path)
+        end = float(times[count]) if count < len(times) else None
+        frames = read_frames(path, end=end)
+        if len(frames) < count:
+            raise MediaError(f"'{path}' decoded to {len(frames)} frames, {count} asked for")
+        return frames[:count]
+    return SeekableFrames(path, count, width, height)
 
 
 def clip_source(uri: str, *, fps: float | None, start: float | None, end: float | None,
@@ -77,7 +134,7 @@ def clip_source(uri: str, *, fps: float | None, start: float | None, end: float 
     window fits `MAX_BYTES`, else a StreamedFrames."""
     seconds = (end - (start or 0.0)) if end is not None else None
     count = seconds * fps if seconds is not None and fps else None
-    if count is not None and count * width * height * 3 > MAX_BYTES:
+    if count is not None and not fits_in_memory(count, width, height):
         return StreamedFrames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
     return cached_frames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
 

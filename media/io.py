@@ -155,6 +155,16 @@ def probe(uri: str, storage_options: dict | None = None) -> MediaInfo:
         return _media_info(uri, container)
 
 
+def frame_times(uri: str, storage_options: dict | None = None) -> np.ndarray:
+    """Presentation time (s) of every frame, in display order, on the clock `start`/`end` select
+    on: frames [i, j) of read_frames(uri) are read_frames(uri, start=times[i], end=times[j])."""
+    with _open_container(uri, storage_options, "video") as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise MediaError(f"'{uri}' has no video stream")
+        return np.asarray(_frame_times(uri, container, stream, stream.frames), np.float64)
+
+
 def read_metadata(uri: str, storage_options: dict | None = None) -> dict[str, str]:
     """Container-level metadata tags (e.g. 'comment', 'encoder', custom keys written by us)."""
     with _open_container(uri, storage_options, _kind(uri)) as container:
@@ -363,6 +373,9 @@ DECODE_CHUNK_BYTES = 16 << 20
 
 # decord keeps a pool of about 80 decoded frames per reader: 0.5 GB at 1080p, 2 GB at 4K. Larger
 # videos are decoded with PyAV, which holds only the codec's reference frames (0.35 GB at 4K).
+# decord also decodes ahead of a consumer that is slower than it, without bound (1.8 GB over a
+# 2-minute 480p video read at 5 ms per frame), so "auto" uses it only in `read_frames`, whose
+# consumer is a copy; `iter_frames` hands chunks to per-frame work and decodes with PyAV.
 DECORD_MAX_PIXELS = 1920 * 1088
 
 
@@ -379,7 +392,7 @@ def read_frames(uri: str, *, fps: float | None = None, start: float | None = Non
     out, filled, extra = None, 0, []
     # Fill one array sized from the container's frame list instead of concatenating chunks:
     # the frames are touched (page-faulted) once, not twice.
-    for batch in _iter_frames(uri, fps, start, end, size, 256, storage_options, backend, expected):
+    for batch in _iter_frames(uri, fps, start, end, size, 256, storage_options, backend, expected, decord_ok=True):
         if out is None:
             out = np.empty((max(expected[0], len(batch)), *batch.shape[1:]), np.uint8)
         take = min(len(batch), len(out) - filled)
@@ -405,14 +418,14 @@ def iter_frames(uri: str, *, fps: float | None = None, start: float | None = Non
 
     fps=None keeps every source frame; otherwise frames are resampled to `fps` by picking, for
     each output time start + k/fps, the source frame with the nearest timestamp. size=(width,
-    height) resizes after rotation. backend: "auto" (decord up to 1080p, PyAV above it or when decord
-    fails), "decord" or "pyav".
+    height) resizes after rotation. backend: "auto" (PyAV: its memory stays flat however slowly
+    the chunks are consumed; see DECORD_MAX_PIXELS), "decord" or "pyav".
     """
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
     # Arguments are checked here, at call time; the decoding runs lazily.
     return _iter_frames(uri, fps, start, end, _checked_decode_args(fps, start, end, size, backend),
-                        chunk, storage_options, backend)
+                        chunk, storage_options, backend, decord_ok=False)
 
 
 def _checked_decode_args(fps: float | None, start: float | None, end: float | None,
@@ -430,9 +443,10 @@ def _checked_decode_args(fps: float | None, start: float | None, end: float | No
 
 def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | None,
                  size: tuple[int, int] | None, chunk: int, storage_options: dict | None,
-                 backend: str, expected: list[int] | None = None) -> Iterator[np.ndarray]:
+                 backend: str, expected: list[int] | None = None, *, decord_ok: bool) -> Iterator[np.ndarray]:
     """expected: when given, receives the number of frames the container lists for the
-    selection before the first chunk is yielded."""
+    selection before the first chunk is yielded. decord_ok: "auto" may pick decord (the
+    consumer keeps up with it)."""
     with local_path(uri, storage_options) as path:
         with _open_container(uri, None, "video", path=path) as container:
             stream = _video_stream(container)
@@ -447,7 +461,7 @@ def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | 
             expected.append(len(indices))
         chunk = _bounded_chunk(chunk, info.width, info.height)
         done = 0
-        if backend == "decord" or (backend == "auto" and info.width * info.height <= DECORD_MAX_PIXELS):
+        if backend == "decord" or (backend == "auto" and decord_ok and info.width * info.height <= DECORD_MAX_PIXELS):
             try:
                 for batch in _decord_batches(path, info, indices, len(times), chunk):
                     batch = resize_frames(batch, size)

@@ -60,6 +60,8 @@ class DubConfig(GeneratorOperator.Config):
     crop_scale: float = 1.0  # 1.0: FFHQ framing
     align_smooth_window: int = 5
     vad_threshold: float = 0.5
+    max_undubbed_seconds: float = field(default=0.5, metadata={
+        "help": "longest stretch of new speech over a visible face the dub cannot follow before the row fails"})
     min_speech_seconds: float = field(default=0.3, metadata={
         "help": "new audio with less voice activity than this fails its row (silence, noise, a click)"})
     audio_rate: int = field(default=0, metadata={"help": "muxed audio rate; 0: the new audio's own (16-48 kHz)"})
@@ -176,6 +178,39 @@ def select_track(tracks: list, how: str, frame_wh: tuple[int, int]):
     return min((tr for tr in tracks if 2 * len(tr) >= longest), key=distance)
 
 
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start, length) of the longest run of True in a 1-D mask; (0, 0) when there is none."""
+    padded = np.concatenate([[0], np.asarray(mask, np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    if len(edges) == 0:
+        return 0, 0
+    starts, ends = edges[0::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    return int(starts[k]), int(ends[k] - starts[k])
+
+
+def faces_seen_in(detections: list[list], bbox: np.ndarray, every: int) -> np.ndarray:
+    """(T,) whether a face is seen within the track's region (the union of its boxes, grown by
+    half): on detected frames (every `every`th and the last), a detection centred there; between
+    two of them, both."""
+    lo, hi = np.nanmin(bbox[:, :2], axis=0), np.nanmax(bbox[:, 2:], axis=0)
+    margin = 0.5 * (hi - lo)
+    lo, hi = lo - margin, hi + margin
+
+    def inside(d) -> bool:
+        centre = (d.bbox[:2] + d.bbox[2:]) / 2
+        return bool((centre >= lo).all() and (centre <= hi).all())
+
+    n = len(detections)
+    sampled = sorted({*range(0, n, every), n - 1})
+    hit = {i: any(inside(d) for d in detections[i]) for i in sampled}
+    seen = np.zeros(n, bool)
+    for a, b in zip(sampled, sampled[1:]):
+        seen[a + 1:b] = hit[a] and hit[b]
+    seen[sampled] = [hit[i] for i in sampled]
+    return seen
+
+
 def fill_short_gaps(points: np.ndarray, found: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks linearly interpolated over runs of at most `max_gap` frames where the mesh missed
     the face (between two found frames), so a single miss mid-speech does not show the original
@@ -216,7 +251,7 @@ class DubAnalyze(Operator):
     version = "1"
     inputs = ("video_uri", "audio_uri")
     outputs = ("_dub", "fps", "width", "height", "num_frames", "duration", "source_frames", "face_fraction",
-               "track_count", "speech_ratio", "source_speech_ratio", "stage_seconds")
+               "undubbed_speech", "track_count", "speech_ratio", "source_speech_ratio", "stage_seconds")
     stateful = True
     default_resources = Resources(num_cpus=1.0)
     Config = DubConfig
@@ -228,7 +263,7 @@ class DubAnalyze(Operator):
         self.vad = load_vad()
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import MediaError, probe, read_audio, read_frames
+        from facefab.media import MediaError, local_path, probe, read_audio
 
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
         self.ctx.check_input(row["video_uri"])
@@ -245,35 +280,47 @@ class DubAnalyze(Operator):
             raise OperatorError(f"source video '{row['video_uri']}' has no video stream")
         fps = info.fps
         wanted = round(len(new_audio) / FEATURE_RATE * fps)
-        needed_s = max(wanted / fps, c.bank_seconds)
-        with timer("decode"):
-            frames = read_frames(row["video_uri"], end=needed_s if needed_s < info.duration else None,
-                                 storage_options=opts)
-        if len(frames) == 0:
-            raise OperatorError(f"source video '{row['video_uri']}' decoded to 0 frames")
-        index = retime_index(len(frames), wanted, c.length_mode)
-        with timer("faces"):
-            track, count = self._speaking_track(frames, row["video_uri"])
-        with timer("landmarks"):
-            face = self._face_arrays(frames, track)
-        with timer("audio_features"):
-            new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
-            own = None
-            if info.has_audio:
-                own_audio = read_audio(row["video_uri"], sample_rate=FEATURE_RATE, end=len(frames) / fps,
-                                       storage_options=opts)
-                own = speech_features(own_audio, fps, len(frames), self.vad, c.vad_threshold)
+        with local_path(row["video_uri"], opts) as path:
+            frames = self._analysed_frames(path, info, max(wanted / fps, c.bank_seconds), timer)
+            with timer("faces"):
+                track, count, seen = self._speaking_track(frames, row["video_uri"], (info.width, info.height), fps)
+                n = len(seen)
+            with timer("landmarks"):
+                face = self._face_arrays(frames, n, track)
+            del frames
+            index = retime_index(n, wanted, c.length_mode)
+            with timer("audio_features"):
+                new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
+                own = None
+                if info.has_audio:
+                    own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / fps)
+                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold)
+        undubbed = self._check_coverage(new["vad"], seen[index] & ~face["valid"][index], fps)
         arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()},
                   **({f"own_{k}": v for k, v in own.items()} if own else {})}
         return {
             "_dub": pack_arrays(**arrays),
             "fps": fps, "width": info.width, "height": info.height,
-            "num_frames": len(index), "duration": round(len(index) / fps, 4), "source_frames": len(frames),
-            "face_fraction": round(float(face["valid"][index].mean()), 4), "track_count": count,
+            "num_frames": len(index), "duration": round(len(index) / fps, 4), "source_frames": n,
+            "face_fraction": round(float(face["valid"][index].mean()), 4), "undubbed_speech": undubbed,
+            "track_count": count,
             "speech_ratio": round(float(new["vad"].mean()), 4),
             "source_speech_ratio": round(float(own["vad"].mean()), 4) if own else None,
             "stage_seconds": timer.merged_into(row),
         }
+
+    @staticmethod
+    def _analysed_frames(path: str, info, seconds: float, timer: StageTimer):
+        """The first `seconds` of the source (all of it when shorter): decoded once when they fit
+        the frame budget (media.frame_cache.MAX_BYTES), else a stream read once per pass."""
+        from facefab.media import read_frames
+        from facefab.media.frame_cache import StreamedFrames, fits_in_memory
+
+        end = seconds if seconds < info.duration else None
+        if not fits_in_memory((end or info.duration) * info.fps, info.width, info.height):
+            return StreamedFrames(path, fps=None, start=None, end=end)
+        with timer("decode"):
+            return read_frames(path, end=end)
 
     def _check_speech(self, audio: np.ndarray, uri: str) -> None:
         """A dub needs words: silence, noise or a fraction of a second would be marked `ok` with
@@ -287,33 +334,61 @@ class DubAnalyze(Operator):
             raise OperatorError(f"new audio '{uri}' {what}: {speech:.2f} s of speech in {len(audio) / FEATURE_RATE:.2f} s "
                                 f"(at least {c.min_speech_seconds:g} s needed, --min-speech-seconds)")
 
-    def _speaking_track(self, frames: np.ndarray, uri: str):
-        from facefab.face.detection import detect_faces, track_faces
+    def _speaking_track(self, frames, uri: str, frame_wh: tuple[int, int], fps: float):
+        """(track, number of tracks, seen) of the frames (an array or a stream, read once); seen:
+        per frame, whether a face was detected within the speaking track's region (near frames
+        included, as detection runs on every `detect_every`th)."""
+        from facefab.face.detection import track_faces
 
-        f = self.config.faces
-        # the last frame too, so the track reaches the end of the video
-        sampled = sorted({*range(0, len(frames), self.config.detect_every), len(frames) - 1})
-        found = detect_faces(frames[sampled], self.detector, min_face_px=f.min_face_px)
-        detections = [[] for _ in range(len(frames))]
-        for i, dets in zip(sampled, found):
-            detections[i] = dets
+        f, every = self.config.faces, self.config.detect_every
+        detections: list[list] = []
+        last = None
+        for i, frame in enumerate(frames):
+            detections.append(self._detect(frame) if i % every == 0 else [])
+            last = frame
+        n = len(detections)
+        if n == 0:
+            raise OperatorError(f"source video '{uri}' decoded to 0 frames")
+        if (n - 1) % every:  # the last frame too, so the track reaches the end of the video
+            detections[-1] = self._detect(last)
         tracks = track_faces(detections, iou_threshold=f.iou_threshold,
-                             max_gap_frames=max(f.max_gap_frames, self.config.detect_every),
-                             min_track_frames=min(f.min_track_frames, len(frames)), smooth_window=f.smooth_window)
+                             max_gap_frames=max(f.max_gap_frames, every),
+                             min_track_frames=min(f.min_track_frames, n), smooth_window=f.smooth_window,
+                             join_gap_frames=max(1, round(fps)))
         if not tracks:
-            raise OperatorError(f"no face found in {len(frames)} frames of '{uri}'" if not any(found) else
+            raise OperatorError(f"no face found in {n} frames of '{uri}'" if not any(detections) else
                                 f"no face stays for {f.min_track_frames} frames in '{uri}'")
-        return select_track(tracks, self.config.track, frames.shape[2:0:-1]), len(tracks)
+        track = select_track(tracks, self.config.track, frame_wh)
+        return track, len(tracks), faces_seen_in(detections, track.bbox, every)
 
-    def _face_arrays(self, frames: np.ndarray, track) -> dict[str, np.ndarray]:
-        """Per source frame: box, landmarks (NaN outside the track or where the mesh failed),
-        valid, and frame <-> crop affines (edge-extended outside the track)."""
+    def _check_coverage(self, speech: np.ndarray, undubbed_face: np.ndarray, fps: float) -> float:
+        """Seconds of new speech over a visible face the dub cannot follow; a longer run than
+        `max_undubbed_seconds` fails the row (the original mouth would show under the new words)."""
+        missed = speech.astype(bool) & undubbed_face
+        start, length = longest_run(missed)
+        if length / fps > self.config.max_undubbed_seconds:
+            raise OperatorError(
+                f"{length / fps:.1f} s of the new speech (output {start / fps:.1f}-{(start + length) / fps:.1f} s) "
+                f"falls on frames where the face is visible but could not be tracked or meshed, so the original "
+                f"mouth would show ({missed.sum() / fps:.1f} s in all; at most {self.config.max_undubbed_seconds:g} s "
+                f"in a row is allowed, --max-undubbed-seconds)")
+        return round(float(missed.sum() / fps), 3)
+
+    def _detect(self, frame: np.ndarray) -> list:
+        from facefab.face.detection import detect_faces
+
+        return detect_faces(frame[None], self.detector, min_face_px=self.config.faces.min_face_px)[0]
+
+    def _face_arrays(self, frames, n: int, track) -> dict[str, np.ndarray]:
+        """Per source frame (n of them): box, landmarks (NaN outside the track or where the mesh
+        failed), valid, and frame <-> crop affines (edge-extended outside the track)."""
         from facefab.face.alignment import track_alignment
         from facefab.face.mesh import NUM_LANDMARKS, mesh_track
+        from facefab.media.frame_cache import take
 
-        c, n = self.config, len(frames)
+        c = self.config
         frame_index = track.frame_index
-        marks, found = mesh_track(frames[frame_index], track.bbox, self.mesher)
+        marks, found = mesh_track(take(frames, frame_index), track.bbox, self.mesher)
         marks, found = fill_short_gaps(marks, found, c.faces.max_gap_frames)
         if not found.any():
             raise OperatorError(f"a face was tracked over {len(frame_index)} frames but the face mesh "
@@ -337,7 +412,7 @@ class LipSync(GeneratorOperator):
     name = "lip_sync"
     version = "1"
     model_name = "mytalk"
-    inputs = ("video_uri", "audio_uri", "_dub", "fps")
+    inputs = ("video_uri", "audio_uri", "_dub", "fps", "width", "height")
     outputs = ("out_uri", "model", "checkpoint", "fit", "fit_r", "mean_run", "c2pa", "stage_seconds")
     Config = DubConfig
 
@@ -362,37 +437,47 @@ class LipSync(GeneratorOperator):
         return isinstance(self.model, WeightFreeLipSync)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import read_frames
+        from facefab.media import MediaError, local_path
+        from facefab.media.frame_cache import indexed_frames
 
         opts, timer = self.ctx.storage_options, StageTimer()
         d = unpack_arrays(row["_dub"])
         fps, index = float(row["fps"]), d["index"]
-        with timer("decode"):  # the analysed frames: the first len(valid), with half a frame of slack
-            frames = read_frames(row["video_uri"], end=(len(d["valid"]) + 0.5) / fps,
-                                 storage_options=opts)[: len(d["valid"])]
-        if len(frames) < len(d["valid"]):
-            raise OperatorError(f"source decoded to {len(frames)} frames, analysis saw {len(d['valid'])}")
         points = points_to_crop(d["landmarks"], d["affine"]).astype(np.float32)
-        with timer("synthesis"):
-            crop_alpha, extra = (self._weight_free(d, points, frames, fps) if self.weight_free
-                                 else self._neural(d, points, frames, fps))
         audio, rate = self._mux_audio(row, len(index) / fps)
         uri = output_uri(self.ctx, row)
-        with timer("encode"):
-            written = self._write(uri, self._pasted(frames, index, d, crop_alpha, timer), fps, audio, rate, row)
+        with local_path(row["video_uri"], opts) as path:
+            with timer("decode"):  # the analysed frames: all of them, or blocks on demand (long sources)
+                try:
+                    frames = indexed_frames(path, len(d["valid"]), int(row["width"]), int(row["height"]))
+                except MediaError as e:
+                    raise OperatorError(f"source video changed since the analysis: {e}") from e
+            with timer("synthesis"):
+                crop_alpha, extra = (self._weight_free(d, points, frames, fps, timer) if self.weight_free
+                                     else self._neural(d, points, frames, fps))
+            with timer("encode"):
+                written = self._write(uri, self._pasted(frames, index, d, crop_alpha, timer), fps, audio, rate, row)
         timer.add("encode", -timer.seconds.get("render", 0.0))  # rendering ran inside the encoder's loop
         return {"out_uri": uri, "model": "weightfree" if self.weight_free else "mytalk",
                 "checkpoint": None if self.weight_free else self.checkpoint_uri(), "c2pa": written.get("c2pa"),
                 **extra, "stage_seconds": timer.merged_into(row)}
 
-    def _weight_free(self, d, points, frames, fps):
+    def _weight_free(self, d, points, frames, fps, timer: StageTimer):
+        from facefab.face.alignment import warp_to_crop
+
+        c = self.config
         context = self.model.config.context
         own = (as_speech(d["own_mel"], d["own_rms"], d["own_vad"], fps, context) if "own_mel" in d else None)
         new = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context)
-        plan = self.model.plan(points, d["valid"], self.config.crop_size, own, new, d["index"], fps)
+        plan = self.model.plan(points, d["valid"], c.crop_size, own, new, d["index"], fps,
+                               bank_frames=round(c.bank_seconds * fps))
+        start = time.perf_counter()  # the crops of the mouths shown: at most bank_seconds of them
+        mouths = {int(s): warp_to_crop(frames[s], d["affine"][s], c.crop_size) for s in self.model.mouth_sources(plan)}
+        timer.add("decode", time.perf_counter() - start)
+        timer.add("synthesis", start - time.perf_counter())  # counted as decode, not synthesis
 
         def crop_alpha(t: int, s: int):
-            return self.model.render(plan, t, frames, d["affine"], points, s, self.config.crop_size)
+            return self.model.render(plan, t, mouths, points, frames[s], d["affine"][s], s, c.crop_size)
 
         return crop_alpha, {"fit": plan.fit, "fit_r": _finite(plan.fit_r), "mean_run": round(float(plan.mean_run), 2)}
 
@@ -475,7 +560,7 @@ class DubScore(Operator):
     default_resources = Resources(num_cpus=1.0)
     Config = DubConfig
 
-    WATERMARK_FRAMES = 30
+    WATERMARK_FRAMES = 100  # read from the output's start (verify_file's default)
 
     def setup(self) -> None:
         self.mesher = face_mesher(self.config.landmarks)
@@ -484,17 +569,16 @@ class DubScore(Operator):
         from facefab.face.parsing import mouth_open_ratio
         from facefab.face.scores import av_sync_score
         from facefab.media import probe, read_metadata
-        from facefab.media.provenance import detect_watermark, read_tag
+        from facefab.media.provenance import read_tag
 
         opts, timer = self.ctx.storage_options, StageTimer()
         d = unpack_arrays(row["_dub"])
         index, envelope = d["index"], d["new_rms"]
         with timer("score"):
-            marks, first = self._landmarks(row["out_uri"], d["bbox"][index])
+            marks, watermark = self._landmarks(row["out_uri"], d["bbox"][index])
             output_open = mouth_open_ratio(marks)
             sync_out, lag = av_sync_score(output_open, envelope, self.config.max_lag)
             sync_src, _ = av_sync_score(mouth_open_ratio(d["landmarks"][index]), envelope, self.config.max_lag)
-            watermark = detect_watermark(first)
             info = probe(row["out_uri"], opts)
             tag = read_tag(read_metadata(row["out_uri"], opts))
         return {"sync_output": _finite(sync_out), "sync_output_lag": int(lag), "sync_source": _finite(sync_src),
@@ -502,23 +586,24 @@ class DubScore(Operator):
                 "output_duration": round(info.duration, 4), "output_has_audio": info.has_audio,
                 "stage_seconds": timer.merged_into(row)}
 
-    def _landmarks(self, uri: str, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _landmarks(self, uri: str, boxes: np.ndarray):
         """Landmarks of the written output's frames within the analysed boxes (one per output
-        frame), decoded a chunk at a time so a long dub is never held whole; plus its first
-        WATERMARK_FRAMES frames for the watermark check."""
+        frame), decoded a chunk at a time so a long dub is never held whole; plus the watermark
+        read from its first WATERMARK_FRAMES frames on the way."""
         from facefab.face.mesh import NUM_LANDMARKS
         from facefab.media import iter_frames
+        from facefab.media.provenance import WatermarkReader
 
         out = np.full((len(boxes), NUM_LANDMARKS, 3), np.nan, np.float32)
-        first: list[np.ndarray] = []
+        reader = WatermarkReader()
         frames = (f for chunk in iter_frames(uri, storage_options=self.ctx.storage_options) for f in chunk)
         for t, (frame, box) in enumerate(zip(frames, boxes)):
-            if len(first) < self.WATERMARK_FRAMES:
-                first.append(frame)
+            if t < self.WATERMARK_FRAMES:
+                reader.add(frame)
             if np.isfinite(box).all():
                 points = self.mesher(frame, box)
                 if points is not None:
                     out[t] = points
-        if not first:
+        if not reader.frames:
             raise OperatorError(f"the written output '{uri}' has no frames")
-        return out, np.stack(first)
+        return out, reader.result()

@@ -26,6 +26,7 @@ every mapping is fitted per video, on the video itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -100,6 +101,10 @@ class Speech:
 
     def __len__(self) -> int:
         return len(self.rms)
+
+    def head(self, n: int) -> Speech:
+        """The features of the first n frames."""
+        return Speech(self.mel_windows[:n], self.rms[:n], self.vad[:n])
 
 
 @dataclass
@@ -373,47 +378,62 @@ class WeightFreeLipSync:
         self.config = config or WeightFreeConfig()
 
     def plan(self, points: np.ndarray, valid: np.ndarray, size: int, own: Speech | None, new: Speech,
-             target_frames: np.ndarray, fps: float) -> DubPlan:
+             target_frames: np.ndarray, fps: float, bank_frames: int | None = None) -> DubPlan:
         """Which source frame's mouth each output frame shows.
 
-        points: (B, 478, >=2) crop-pixel landmarks of the source frames (NaN rows where none),
-        valid: (B,) frames usable as mouth sources, own: the source's own speech per source frame
-        (None without an audio track), new: the new speech per output frame, target_frames: (N,)
-        source frame each output frame is built on.
+        points: (S, 478, >=2) crop-pixel landmarks of the source frames (NaN rows where none),
+        valid: (S,) frames with landmarks, own: the source's own speech per source frame (None
+        without an audio track), new: the new speech per output frame, target_frames: (N,) source
+        frame each output frame is built on. The mouths come from the first `bank_frames` source
+        frames (all when None), so the cost of a long source stays bounded.
         """
         valid = np.asarray(valid, bool)
-        if not valid.any():
-            raise ValueError("no source frame has face landmarks to take a mouth from")
-        raw = mouth_features(points, size)
-        mean, std = _standardiser(raw[valid], 1e-3)
+        b = len(points) if bank_frames is None else max(1, min(int(bank_frames), len(points)))
+        usable = valid[:b]
+        if not usable.any():
+            raise ValueError("no source frame of the mouth bank has face landmarks to take a mouth from")
+        raw = mouth_features(points[:b], size)
+        mean, std = _standardiser(raw[usable], 1e-3)
         bank = (raw - mean) / std
-        model = MouthModel(bank, valid, own, fps, self.config)
+        model = MouthModel(bank, usable, own.head(b) if own is not None else None, fps, self.config)
         targets = model.predict(new)
         weights = model.weights
         unary = weighted_sq_distances(targets, np.nan_to_num(bank), weights)
-        unary += self.config.pose_weight * self._pose_cost(points, size, valid, target_frames)
-        unary[:, ~valid] = np.inf
+        unary += self.config.pose_weight * self._pose_cost(points, size, valid, target_frames, b)
+        unary[:, ~usable] = np.inf
         choice = select_frames(unary, bank, weights, self.config)
         return DubPlan(choice, targets, model.fit, model.fit_r)
 
     @staticmethod
-    def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray) -> np.ndarray:
-        """(N, B) squared head-pose distance (in pose std units) between each output frame's own
-        source frame and every candidate; 0 where the output frame has no landmarks."""
+    def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray,
+                   bank_frames: int) -> np.ndarray:
+        """(N, B) squared head-pose distance (in the bank's pose std units) between each output
+        frame's own source frame and every bank frame; 0 where the output frame has no landmarks."""
         pose = pose_features(points, size)
-        _, std = _standardiser(pose[valid], 1e-3)
-        pose = np.nan_to_num((pose - np.nanmean(pose[valid], axis=0)) / std)
-        cost = weighted_sq_distances(pose[target_frames], pose, np.full(pose.shape[1], 1.0 / pose.shape[1]))
+        usable = pose[:bank_frames][valid[:bank_frames]]
+        _, std = _standardiser(usable, 1e-3)
+        pose = np.nan_to_num((pose - np.nanmean(usable, axis=0)) / std)
+        cost = weighted_sq_distances(pose[target_frames], pose[:bank_frames],
+                                     np.full(pose.shape[1], 1.0 / pose.shape[1]))
         cost[~valid[target_frames]] = 0.0
         return cost
 
-    def render(self, plan: DubPlan, t: int, frames, affines: np.ndarray, points: np.ndarray,
-               target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(crop, alpha) of output frame `t`, built on source frame `target_frame` (see
-        `transfer_mouth`); `frames`, `affines` (frame -> crop) and `points` index source frames."""
+    @staticmethod
+    def mouth_sources(plan: DubPlan) -> np.ndarray:
+        """The source frames whose mouths the plan shows, increasing: `render` needs their crops."""
+        return np.unique(plan.choice)
+
+    def render(self, plan: DubPlan, t: int, mouth_crops: Mapping[int, np.ndarray], points: np.ndarray,
+               frame: np.ndarray, affine: np.ndarray, target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(crop, alpha) of output frame `t`, built on source frame `target_frame` (`frame`, with
+        its frame -> crop `affine`), see `transfer_mouth`. mouth_crops: the aligned crop of every
+        frame in `mouth_sources(plan)`; `points` index source frames."""
         s = int(plan.choice[t])
-        return transfer_mouth(frames[s], affines[s], points[s], frames[target_frame], affines[target_frame],
-                              points[target_frame], size, self.config)
+        return transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, points[target_frame],
+                              size, self.config)
+
+
+_IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 __all__ = [

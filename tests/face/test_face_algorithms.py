@@ -119,6 +119,20 @@ def test_tracks_bridge_short_gaps_split_long_ones_and_keep_two_faces_apart():
     assert a.bbox[12, 0] == pytest.approx(22.0)  # interpolated between frames 11 and 14
     assert max_simultaneous(tracks, 40) == 2
 
+    # joined: face B's two pieces (10 frames apart, same place) become one track; A and B stay apart
+    joined = track_faces(frames, max_gap_frames=5, min_track_frames=5, smooth_window=1, join_gap_frames=12)
+    assert sorted(len(t) for t in joined) == [40, 40]
+    b = next(t for t in joined if t.bbox[0, 0] > 100)
+    assert not b.present[20:30].any() and b.present[19] and b.present[30]
+    too_far = track_faces(frames, max_gap_frames=5, min_track_frames=5, smooth_window=1, join_gap_frames=8)
+    assert sorted(len(t) for t in too_far) == [10, 20, 40]  # a gap longer than join_gap_frames stays split
+
+
+def test_a_face_reappearing_elsewhere_is_not_joined():
+    frames: list[list[Detection]] = [[_det(10)] for _ in range(10)] + [[] for _ in range(5)] + \
+        [[_det(300)] for _ in range(10)]
+    assert len(track_faces(frames, max_gap_frames=2, min_track_frames=5, smooth_window=1, join_gap_frames=10)) == 2
+
 
 # -- mesh tables, parsing geometry, pose, scores -----------------------------------------------------------
 

@@ -23,6 +23,7 @@ from facefab.face.parsing import mouth_open_ratio
 from facefab.face.scores import av_sync_score
 from facefab.manifests.io import read_manifest
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
+from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import verify_file
 from facefab.models.lipsync.weightfree import MouthModel, Speech, WeightFreeConfig, loudness_openness, select_frames
 from facefab.operators.base import RunContext
@@ -225,6 +226,77 @@ def test_frames_without_a_face_pass_through(catalog, tmp_path):
     assert np.abs(out[~faceless].astype(int) - src[~faceless]).max() > 40  # the face frames were dubbed
 
 
+def test_a_source_over_the_frame_budget_is_dubbed_from_a_stream_with_the_same_result(catalog, tmp_path, monkeypatch):
+    """A long source is never held decoded: analysis streams it (two passes), the renderer reads
+    it in blocks on demand and keeps a few. Same output as the decoded-whole path, on a ping-pong
+    retime that walks the source backwards across evicted blocks."""
+    from facefab.media import frame_cache
+
+    video = str(catalog.parent / "v0.mp4")  # 30 frames, 256x256
+    audio = str(catalog.parent / "a17.wav")  # 1.62 s: ping-pong over the 1 s source
+    config = DubConfig(score=False, watermark=False)
+
+    def dub(name: str) -> tuple[dict, np.ndarray]:
+        (row,) = run_local(build_operators(config), dub_inputs(video=video, audio=audio),
+                           RunContext(str(tmp_path / name)))
+        assert row["status"] == "ok", row["error"]
+        return row, read_frames(row["out_uri"])
+
+    whole_row, whole = dub("whole")
+    frame_cache.clear()
+    blocks: list[tuple[float, float | None]] = []
+    decode = frame_cache.read_frames
+
+    def counted(path, **kwargs):
+        blocks.append((kwargs.get("start"), kwargs.get("end")))
+        return decode(path, **kwargs)
+
+    monkeypatch.setattr(frame_cache, "MAX_BYTES", 256 * 256 * 3 * 10)  # 10 frames
+    monkeypatch.setattr(frame_cache.SeekableFrames, "BLOCK_BYTES", 256 * 256 * 3 * 4)  # 4-frame blocks
+    monkeypatch.setattr(frame_cache, "read_frames", counted)
+    streamed_row, streamed = dub("streamed")
+    assert frame_cache._cache == {}  # nothing was decoded whole
+    assert len(blocks) > 8 and all(start is not None for start, _ in blocks)  # 8 blocks, some decoded again
+    for key in ("num_frames", "source_frames", "face_fraction", "fit", "mean_run"):
+        assert streamed_row[key] == whole_row[key], key
+    analysed = [arrays_of(r) for r in (whole_row, streamed_row)]
+    for key, value in analysed[0].items():
+        np.testing.assert_array_equal(analysed[1][key], value, err_msg=key)
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_a_face_lost_for_a_moment_is_followed_again(catalog, tmp_path):
+    """Eight black frames split the face track; the dub re-joins the pieces and dubs both."""
+    face = read_frames(str(catalog.parent / "v0.mp4"))  # 30 frames
+    frames = face.copy()
+    frames[12:20] = 0
+    video = str(tmp_path / "gap.mp4")
+    write_video(video, frames, 30.0)
+    config = DubConfig(score=False, watermark=False, max_duration=1.0)
+    (row,) = run_local(build_operators(config), dub_inputs(video=video, audio=str(catalog.parent / "a17.wav")),
+                       RunContext(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    valid = arrays_of(row)["valid"]
+    assert valid[:12].all() and valid[20:].all() and not valid[12:20].any()
+    assert row["undubbed_speech"] == 0.0  # the black frames show no face: nothing left undubbed
+
+
+def test_speech_over_a_face_the_dub_cannot_follow_fails_the_row():
+    from facefab.operators.dub import DubAnalyze, longest_run
+
+    assert longest_run(np.array([0, 1, 1, 0, 1, 1, 1, 0], bool)) == (4, 3)
+    assert longest_run(np.zeros(4, bool)) == (0, 0)
+    analyze = DubAnalyze(DubConfig())
+    speech = np.ones(100, bool)
+    lost = np.zeros(100, bool)
+    lost[40:52] = True  # 12 frames = 0.48 s at 25 fps: allowed
+    assert analyze._check_coverage(speech, lost, 25.0) == 0.48
+    lost[52:54] = True  # 0.56 s in a row
+    with pytest.raises(Exception, match=r"0.6 s of the new speech \(output 1.6-2.2 s\)"):
+        analyze._check_coverage(speech, lost, 25.0)
+    assert analyze._check_coverage(np.zeros(100, bool), lost, 25.0) == 0.0  # silence over it is fine
+
+
 def test_mytalk_path_runs_from_a_checkpoint(catalog, tmp_path):
     from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
 
@@ -238,6 +310,10 @@ def test_mytalk_path_runs_from_a_checkpoint(catalog, tmp_path):
     assert row["model"] == "mytalk" and row["checkpoint"] == checkpoint
     info = probe(row["out_uri"])
     assert info.has_audio and abs(info.duration - row["duration"]) < 1e-3
+
+
+def arrays_of(row: dict) -> dict[str, np.ndarray]:
+    return unpack_arrays(row["_dub"])
 
 
 # -- pure functions ------------------------------------------------------------------------------------
