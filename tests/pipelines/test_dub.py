@@ -25,7 +25,14 @@ from facefab.manifests.io import read_manifest
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
 from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import verify_file
-from facefab.models.lipsync.weightfree import MouthModel, Speech, WeightFreeConfig, loudness_openness, select_frames
+from facefab.models.lipsync.weightfree import (
+    MouthModel,
+    Speech,
+    WeightFreeConfig,
+    loudness_openness,
+    select_frames,
+    sounding,
+)
 from facefab.operators.base import RunContext
 from facefab.operators.dub import DubConfig, retime_index, select_track
 from facefab.pipelines.dub import build_operators, dub_inputs, run_dub
@@ -352,6 +359,12 @@ def test_silence_closes_the_mouth_and_loudness_opens_it():
     assert np.allclose(shapes[:10], model.closed)
     assert np.all(np.diff(shapes[10:, 0]) >= -1e-9) and shapes[-1, 0] > model.closed[0] + 1.0
     assert loudness_openness(_speech(rms, vad))[:10].max() == 0.0
+    # A voice the detector misses (an exclamation, speech over noise): loud over the quiet floor
+    # still opens the mouth; quiet frames without speech stay closed.
+    missed = np.r_[np.zeros(10, bool), np.ones(10, bool), np.zeros(10, bool)]
+    assert np.array_equal(sounding(_speech(rms, missed)), rms > 0.001 * 10 ** (12 / 20))
+    shapes = model.predict(_speech(rms, missed))
+    assert np.allclose(shapes[:10], model.closed) and shapes[-1, 0] > model.closed[0] + 1.0
 
 
 def _track(i: int, box: tuple[float, float, float, float], frames: range) -> Track:
