@@ -155,7 +155,7 @@ def run_context(args: argparse.Namespace, storage_options: dict):
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from facefab.manifests.storage import StoreUnreachable, absolute_uri
+    from facefab.manifests.storage import StoreFull, StoreUnreachable, absolute_uri
 
     for name in ("out", "data"):  # manifests store absolute URIs: workers run in other directories
         if isinstance(getattr(args, name, None), str):
@@ -167,6 +167,10 @@ def _run_command(args: argparse.Namespace) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"facefab {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except StoreFull as exc:
+        print(f"facefab {args.command}: {exc}; rows committed before it are kept, free some space and rerun "
+              "the same command to resume", file=sys.stderr)
+        return 1
     except StoreUnreachable as exc:
         print(f"facefab {args.command}: {exc}; rows committed before it are kept, rerun the same command when "
               "the store answers again", file=sys.stderr)

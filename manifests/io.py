@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schemas import SCHEMA_VERSION, STATUSLESS_KINDS, schema_for
-from .storage import StoreUnreachable, atomic_write_bytes, endpoint_of, is_local, join_uri, list_visible, open_fs, remove
+from .storage import StoreFull, StoreUnreachable, atomic_write_bytes, is_disk_full, endpoint_of, is_local, join_uri, list_visible, open_fs, remove
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,9 @@ class ManifestWriter:
         try:
             atomic_write_bytes(uri, table_to_bytes(table), self.storage_options)
         except Exception as exc:
+            if is_local(uri) and is_disk_full(exc):
+                raise StoreFull(f"the disk under {self.root} is full: could not commit {len(rows)} rows to {uri} "
+                                f"({exc.strerror})") from exc
             if is_local(uri):
                 raise
             raise StoreUnreachable(f"object store {endpoint_of(uri, self.storage_options)}: could not commit "

@@ -9,6 +9,7 @@ Readers list only names without a leading '.' or '_', so in-flight temp files ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -226,7 +227,16 @@ def remove_stale_temps(root: str) -> int:
 
 
 class StoreUnreachable(OSError):
-    """The object store behind a URI did not answer in time."""
+    """The object store behind a URI did not answer in time (or, as `StoreFull`, has no room):
+    nothing more can be committed to it in this run."""
+
+
+class StoreFull(StoreUnreachable):
+    """The disk under a local ROOT is full (ENOSPC / EDQUOT)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def endpoint_of(uri: str, storage_options: dict[str, Any] | None = None) -> str:

@@ -89,6 +89,7 @@ class WeightFreeConfig:
     side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
     feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
     match_color: bool = True  # per-channel gain so the pasted skin matches the frame's
+    crossfade_frames: int = 3  # at a cut the old run fades out under the new one over this many frames
 
 
 @dataclass
@@ -113,6 +114,8 @@ class DubPlan:
     targets: np.ndarray  # (N, F) predicted mouth shape, standardised like the bank
     fit: str  # "ridge" (own speech) or "loudness" (fallback)
     fit_r: float  # held-out correlation of the ridge fit with inner opening (nan when not fitted)
+    fade_from: np.ndarray | None = None  # (N,) the cut-off run's continuation shown fading out, -1: none
+    fade_weight: np.ndarray | None = None  # (N,) weight of `choice` over `fade_from` (1: no fade)
 
     @property
     def mean_run(self) -> float:
@@ -380,6 +383,35 @@ def _gain_matched(pasted: np.ndarray, current: np.ndarray, ring: np.ndarray) -> 
     return np.clip(pasted.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
+def cross_fades(choice: np.ndarray, usable: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """At each cut (the next source frame is neither the same nor the following one), the run that
+    was cut off goes on for `frames` more output frames underneath, fading out: (fade_from (N,),
+    -1 where none; weight (N,) of the new run). A run cannot go on past the bank's end or onto a
+    frame without landmarks; a second cut ends the fade."""
+    n = len(choice)
+    fade_from = np.full(n, -1, np.int64)
+    weight = np.ones(n)
+    for t in range(1, n):
+        if choice[t] - choice[t - 1] in (0, 1):
+            continue
+        for k in range(frames):
+            u, s = t + k, int(choice[t - 1]) + 1 + k
+            if u >= n or s >= len(usable) or not usable[s] or (k and choice[u] - choice[u - 1] not in (0, 1)):
+                break
+            fade_from[u], weight[u] = s, (k + 1) / (frames + 1)
+    return fade_from, weight
+
+
+def dissolve(crop: np.ndarray, alpha: np.ndarray, old_crop: np.ndarray, old_alpha: np.ndarray,
+             weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two transfers mixed, `weight` of the first: colours weighted by their masks, so where
+    only one covers the face it shows unmixed."""
+    a, b = weight * alpha, (1.0 - weight) * old_alpha
+    total = a + b
+    mixed = (crop * a[..., None] + old_crop * b[..., None]) / np.maximum(total, 1e-6)[..., None]
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8), np.clip(total, 0.0, 1.0).astype(np.float32)
+
+
 # -- the model --------------------------------------------------------------------------------------
 
 class WeightFreeLipSync:
@@ -415,7 +447,8 @@ class WeightFreeLipSync:
         unary += self.config.pose_weight * self._pose_cost(points, size, valid, target_frames, b)
         unary[:, ~usable] = np.inf
         choice = select_frames(unary, bank, weights, self.config)
-        return DubPlan(choice, targets, model.fit, model.fit_r)
+        fade_from, fade_weight = cross_fades(choice, usable, self.config.crossfade_frames)
+        return DubPlan(choice, targets, model.fit, model.fit_r, fade_from, fade_weight)
 
     @staticmethod
     def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray,
@@ -434,7 +467,8 @@ class WeightFreeLipSync:
     @staticmethod
     def mouth_sources(plan: DubPlan) -> np.ndarray:
         """The source frames whose mouths the plan shows, increasing: `render` needs their crops."""
-        return np.unique(plan.choice)
+        faded = plan.fade_from[plan.fade_from >= 0] if plan.fade_from is not None else np.zeros(0, int)
+        return np.unique(np.concatenate([plan.choice, faded]))
 
     def render(self, plan: DubPlan, t: int, mouth_crops: Mapping[int, np.ndarray], points: np.ndarray,
                frame: np.ndarray, affine: np.ndarray, target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -442,8 +476,14 @@ class WeightFreeLipSync:
         its frame -> crop `affine`), see `transfer_mouth`. mouth_crops: the aligned crop of every
         frame in `mouth_sources(plan)`; `points` index source frames."""
         s = int(plan.choice[t])
-        return transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, points[target_frame],
-                              size, self.config)
+        crop, alpha = transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, points[target_frame],
+                                     size, self.config)
+        old = int(plan.fade_from[t]) if plan.fade_from is not None else -1
+        if old < 0:
+            return crop, alpha
+        old_crop, old_alpha = transfer_mouth(mouth_crops[old], _IDENTITY, points[old], frame, affine,
+                                             points[target_frame], size, self.config)
+        return dissolve(crop, alpha, old_crop, old_alpha, float(plan.fade_weight[t]))
 
 
 _IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -29,6 +29,8 @@ from facefab.models.lipsync.weightfree import (
     MouthModel,
     Speech,
     WeightFreeConfig,
+    cross_fades,
+    dissolve,
     loudness_openness,
     select_frames,
     sounding,
@@ -342,6 +344,22 @@ def test_selection_replays_runs_of_matching_frames():
     choice = select_frames(unary, shapes, weights, WeightFreeConfig())
     assert np.abs(shapes[choice] - targets).max() < 0.1
     assert np.count_nonzero(np.diff(choice) != 1) <= 2  # one run, not a frame-by-frame shuffle
+
+
+def test_a_cut_fades_the_old_run_out_under_the_new_one():
+    choice = np.array([10, 11, 12, 40, 41, 42, 43, 44, 5, 6])
+    usable = np.ones(50, bool)
+    fade_from, weight = cross_fades(choice, usable, 3)
+    assert fade_from.tolist() == [-1, -1, -1, 13, 14, 15, -1, -1, 45, 46]  # the second fade ends at the array end
+    assert weight[3:6].tolist() == [0.25, 0.5, 0.75] and weight[6] == 1.0
+    usable[14] = False  # the old run has no landmarks there: its fade stops
+    assert cross_fades(choice, usable, 3)[0][3:6].tolist() == [13, -1, -1]
+    crop, alpha = np.full((4, 4, 3), 200, np.uint8), np.ones((4, 4), np.float32)
+    old, old_alpha = np.full((4, 4, 3), 100, np.uint8), np.zeros((4, 4), np.float32)
+    old_alpha[:, :2] = 1.0
+    mixed, a = dissolve(crop, alpha, old, old_alpha, 0.25)
+    assert mixed[0, 0, 0] == 125 and mixed[0, 3, 0] == 200  # mixed where both cover, the new alone elsewhere
+    assert a[0, 0] == 1.0 and a[0, 3] == 0.25
 
 
 def _speech(rms: np.ndarray, vad: np.ndarray) -> Speech:

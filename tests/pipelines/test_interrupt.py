@@ -140,3 +140,52 @@ def test_store_outage_mid_run_ends_in_one_line_and_a_rerun_completes(outage, s3_
         assert _rows(root, direct) == expected
     finally:
         proxy.close()
+
+
+def _can_mount_tmpfs() -> bool:
+    """A private tmpfs needs a user + mount namespace (`unshare -rm`); some containers forbid it."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+FULL_DISK_BYTES = 600 << 10  # the first clip's artifacts fit, the run's do not
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a private tmpfs here (unshare -rm refused)")
+def test_full_disk_ends_the_run_in_one_line_then_a_rerun_with_space_completes(tmp_path, expected):
+    # ROOT is a tmpfs too small for the run, mounted in a private namespace; after the first run the
+    # same mount grows (space freed) and the rerun must complete the manifest as an undisturbed run.
+    root, logs, final = tmp_path / "root", tmp_path / "logs", tmp_path / "final"
+    for folder in (root, logs, final):
+        folder.mkdir()
+    cli = f"{sys.executable} -m facefab.jobs.cli preprocess {SAMPLE} --out {root} {' '.join(FLAGS)}"
+    script = "\n".join([
+        f"mount -t tmpfs -o size={FULL_DISK_BYTES} tmpfs {root} || exit 90",
+        f"{cli} > {logs}/first.log 2>&1; echo $? > {logs}/first.rc",
+        f"find {root} -name '*.tmp' > {logs}/first.tmp",
+        f"mkdir -p {tmp_path}/after_full && cp -a {root}/. {tmp_path}/after_full/",
+        f"mount -o remount,size=256m {root}",
+        f"{cli} > {logs}/second.log 2>&1; echo $? > {logs}/second.rc",
+        f"cp -a {root}/. {final}/",
+    ])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, cwd=REPO, timeout=1200)
+    assert done.returncode == 0, done
+    first = (logs / "first.log").read_text()
+    last = first.strip().splitlines()[-1]  # one line says what happened and what to do
+    assert "is full" in last and "No space left on device" in last and "free some space" in last, first
+    assert "Traceback" not in first and "crashed" not in first, first
+    assert int((logs / "first.rc").read_text()) == 1, first
+    assert (logs / "first.tmp").read_text() == ""  # nothing half-written left behind
+    partial = [r for r in _rows(tmp_path / "after_full") if r[2] == "ok"]
+    assert set(partial) <= set(expected) and len(partial) < len(expected)
+
+    second = (logs / "second.log").read_text()
+    assert int((logs / "second.rc").read_text()) == 0, second
+    assert _rows(final) == expected
+    assert not list(final.rglob("*.tmp"))
