@@ -89,7 +89,7 @@ class WeightFreeConfig:
     side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
     feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
     match_color: bool = True  # per-channel gain so the pasted skin matches the frame's
-    crossfade_frames: int = 3  # at a cut the old run fades out under the new one over this many frames
+    crossfade_frames: int = 2  # at a cut the old run fades out under the new one over this many frames
 
 
 @dataclass
