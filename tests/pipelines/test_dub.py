@@ -306,6 +306,20 @@ def test_speech_over_a_face_the_dub_cannot_follow_fails_the_row():
     assert analyze._check_coverage(np.zeros(100, bool), lost, 25.0) == 0.0  # silence over it is fine
 
 
+def test_the_same_dub_twice_gives_the_same_file_on_a_non_square_video(shared_data, tmp_path):
+    video = str(tmp_path / "tall.mp4")  # 1 s of talk_sun at 288x384
+    write_video(video, read_frames(str(shared_data / "videos" / "talk_sun.mp4"), end=1.0, size=(288, 384)), 25.0)
+    audio = str(tmp_path / "speech.wav")
+    write_audio(audio, read_audio(str(shared_data / "audio" / "speech_hallo1.wav"), start=1.0, end=2.0), 16000)
+    files = []
+    for k in range(2):
+        (row,) = run_local(build_operators(DubConfig(score=False)), dub_inputs(video=video, audio=audio),
+                           RunContext(str(tmp_path / f"run{k}")))
+        assert row["status"] == "ok", row["error"]
+        files.append(open(row["out_uri"], "rb").read())
+    assert files[0] == files[1]
+
+
 def test_mytalk_path_runs_from_a_checkpoint(catalog, tmp_path):
     from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
 
