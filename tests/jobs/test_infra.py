@@ -327,7 +327,10 @@ def test_dockerfiles_install_like_the_makefile(name, index):
     assert any(re.search(r"pip install\b[^&]*\s\.(\s|$)", ln) for ln in runs), f"{name}: no `pip install .`"
     no_deps = [ln for ln in runs if "--no-deps" in ln]
     packages = _makefile_no_deps()
-    assert packages == ["mediapipe==0.10.21", "invisible-watermark==0.2.0"]
+    assert packages == ["mediapipe==0.10.21"]
+    copied = set(re.findall(r"^COPY \S+ (\w+) /tmp/facefab/\1$", text, re.M))
+    mapped = set(re.findall(r'^"facefab\.\w+" = "(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M))
+    assert mapped and copied == mapped, f"{name}: copies {sorted(copied)}, pyproject maps {sorted(mapped)}"
     for pkg in packages:
         assert any(pkg in ln.split("--no-deps", 1)[1] for ln in no_deps), f"{name}: --no-deps {pkg} missing"
     (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)", text, re.MULTILINE)
