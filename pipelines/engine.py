@@ -273,6 +273,12 @@ def _counts(statuses: Iterable[str]) -> dict[str, int]:
     return out
 
 
+def _sweep_temps(name: str, root: str) -> None:
+    removed = remove_stale_temps(root)
+    if removed:
+        log.info("%s: removed %d temp file(s) left by an interrupted run", name, removed)
+
+
 def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[dict[str, Any]]) -> RunSummary:
     """Run `operators` over `inputs` (rows with a stable `id`) and commit the manifest."""
     import ray
@@ -283,9 +289,7 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
         ctx = replace(ctx, run_id=new_run_id())
     check_reachable(ctx.out_root, ctx.storage_options)
     with RootLease(ctx.out_root, ctx.run_id, ctx.storage_options, wait_seconds=run.lease_wait, what=run.name):
-        removed = remove_stale_temps(ctx.out_root)
-        if removed:
-            log.info("%s: removed %d temp file(s) left by an interrupted run", run.name, removed)
+        _sweep_temps(run.name, ctx.out_root)
         inputs = inputs[: run.limit] if run.limit else inputs
         existing = read_manifest(ctx.out_root, ctx.storage_options)
         plan = plan_resume(inputs, existing, resume=run.resume, max_attempts=run.max_attempts)
@@ -320,6 +324,8 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                         progress.close()
                         budget.close()
         compact(ctx.out_root, run.kind, ctx.storage_options)
+        # again at the end: a worker of a run killed just before this one may have gone on writing
+        _sweep_temps(run.name, ctx.out_root)
         manifest = read_manifest(ctx.out_root, ctx.storage_options)
         errors = [{"id": r["id"], "status": r["status"], **json.loads(r["error"])} for r in written if r.get("error")][:50]
         failed_inputs = len({r["source_id"] for r in written if r["status"] == STATUS_FAILED})
