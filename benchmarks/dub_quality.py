@@ -33,6 +33,7 @@ from facefab.face.mesh import FaceMesher, mesh_track
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
 from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import embed_watermark
+from facefab.models.lipsync.weightfree import LOWER_FACE
 from facefab.operators.base import RunContext
 from facefab.operators.dub import DubConfig
 from facefab.pipelines.dub import build_operators, dub_inputs
@@ -41,8 +42,6 @@ from facefab.pipelines.engine import run_local
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 DEFAULT_PAIRS = "d10:d6,d6:d10,d3:d6,d14:d10,talk_yongen:d6,talk_sun:d10"
 EYE_CORNERS = (33, 263)
-LOWER_FACE = np.array([98, 2, 327, 426, 436, 432, 422, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
-                       136, 202, 212, 216, 206])
 
 
 def _video(name: str) -> str:
