@@ -181,9 +181,28 @@ def _run_command(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the run itself crashed: say so in one line, then the details
         logging.getLogger("facefab").debug("crash", exc_info=True)
+        full = _disk_full_cause(exc)
+        if full is not None:  # a full disk met outside the manifest writer (media, logs, Ray's spill)
+            where = f" under {full.filename}" if getattr(full, "filename", None) else ""
+            print(f"facefab {args.command}: the disk{where} is full: {full.strerror or full}; rows committed "
+                  "before it are kept, free some space and rerun the same command to resume", file=sys.stderr)
+            return 1
         print(f"facefab {args.command}: crashed: {type(exc).__name__}: {exc} (rerun with -vv for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _disk_full_cause(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error in `exc`'s cause chain, if any."""
+    from facefab.manifests.storage import is_disk_full
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if is_disk_full(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def print_json(obj) -> None:

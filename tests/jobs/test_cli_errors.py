@@ -1,0 +1,34 @@
+"""How a job command reports what ended it: one line, the right exit code."""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+
+from facefab.jobs.cli import _run_command
+
+
+def _args(func, tmp_path) -> argparse.Namespace:
+    return argparse.Namespace(command="preprocess", out=str(tmp_path), func=func)
+
+
+def test_a_full_disk_met_anywhere_in_the_run_is_one_line_saying_so(tmp_path, capsys):
+    def run(_):
+        try:  # as a media write deep in a stage would fail, re-raised wrapped by a caller
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "clip.mp4"))
+        except OSError as exc:
+            raise RuntimeError("stage failed") from exc
+
+    assert _run_command(_args(run, tmp_path)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is full" in err[0] and "No space left on device" in err[0]
+    assert "free some space" in err[0] and "clip.mp4" in err[0]
+
+
+def test_other_os_errors_are_still_crashes(tmp_path, capsys):
+    def run(_):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    assert _run_command(_args(run, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "crashed: OSError" in err and "is full" not in err
