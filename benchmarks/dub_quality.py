@@ -28,12 +28,11 @@ import cv2
 import numpy as np
 
 from facefab.face.alignment import points_to_crop
-from facefab.face.detection import FaceDetector, detect_faces, track_faces
-from facefab.face.mesh import FaceMesher, mesh_track
+from facefab.face.mesh import largest_face_landmarks
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
 from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import embed_watermark
-from facefab.models.lipsync.weightfree import LOWER_FACE
+from facefab.models.lipsync.weightfree import LOWER_FACE, WeightFreeConfig
 from facefab.operators.base import RunContext
 from facefab.operators.dub import DubConfig
 from facefab.pipelines.dub import build_operators, dub_inputs
@@ -50,22 +49,10 @@ def _video(name: str) -> str:
 
 def mouth_series(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(opening, width) per frame of the largest face, in eye-corner distances; NaN without a face."""
-    detector, mesher = FaceDetector(), FaceMesher()
-    opening = np.full(len(frames), np.nan)
-    width = np.full(len(frames), np.nan)
-    try:
-        tracks = track_faces(detect_faces(frames, detector), min_track_frames=1)
-        if not tracks:
-            return opening, width
-        track = max(tracks, key=len)
-        marks, found = mesh_track(frames[track.frame_index], track.bbox, mesher)
-    finally:
-        detector.close()
-    xy = marks[..., :2].astype(np.float64)
+    xy = largest_face_landmarks(frames)[..., :2].astype(np.float64)
     eyes = np.linalg.norm(xy[:, EYE_CORNERS[0]] - xy[:, EYE_CORNERS[1]], axis=-1)
-    opening[track.frame_index] = np.where(found, np.linalg.norm(xy[:, 13] - xy[:, 14], axis=-1) / eyes, np.nan)
-    width[track.frame_index] = np.where(found, np.linalg.norm(xy[:, 61] - xy[:, 291], axis=-1) / eyes, np.nan)
-    return opening, width
+    return (np.linalg.norm(xy[:, 13] - xy[:, 14], axis=-1) / eyes,
+            np.linalg.norm(xy[:, 61] - xy[:, 291], axis=-1) / eyes)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -159,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--model", default="weightfree")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--weightfree", default="", help="weight-free settings to try, e.g. pose_weight=1,jump_cost=1")
     args = parser.parse_args(argv)
-    config = DubConfig(model=args.model, checkpoint=args.checkpoint, watermark=False)
+    settings = {k: type(getattr(WeightFreeConfig(), k))(v) for k, v in
+                (item.split("=") for item in args.weightfree.split(",") if item)}
+    config = DubConfig(model=args.model, checkpoint=args.checkpoint, watermark=False,
+                       weightfree=WeightFreeConfig(**settings))
     columns = ("opening_r", "width_r", "undubbed_opening_r", "undubbed_width_r", "opening_std_ratio", "sync",
                "sync_undubbed", "flicker_ratio", "psnr_outside", "watermark_cost_db")
     with tempfile.TemporaryDirectory(prefix="facefab-dub-quality-") as tmp:

@@ -172,3 +172,22 @@ def mesh_track(frames: Iterable[np.ndarray], bboxes: np.ndarray, mesher: FaceMes
         if points is not None:
             landmarks[i], valid[i] = points, True
     return landmarks, valid
+
+
+def largest_face_landmarks(frames: np.ndarray) -> np.ndarray:
+    """(T, 478, 3) frame-pixel landmarks of the longest-tracked face of a short clip held in memory,
+    NaN on frames where it has none (analysis and evaluation of single-speaker footage)."""
+    from .detection import FaceDetector, detect_faces, track_faces
+
+    landmarks = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
+    detector, mesher = FaceDetector(), FaceMesher()
+    try:
+        tracks = track_faces(detect_faces(frames, detector), min_track_frames=1)
+        if tracks:
+            track = max(tracks, key=len)
+            marks, _ = mesh_track(frames[track.frame_index], track.bbox, mesher)
+            landmarks[track.frame_index] = marks
+    finally:
+        detector.close()
+        mesher.close()
+    return landmarks

@@ -31,7 +31,8 @@ import numpy as np
 from facefab.face.alignment import points_to_crop
 from facefab.manifests.storage import join_uri
 from facefab.media.arrays import pack_arrays, unpack_arrays
-from facefab.models.lipsync.weightfree import Speech, WeightFreeConfig, WeightFreeLipSync
+from facefab.models.lipsync.speech import as_speech, speech_features
+from facefab.models.lipsync.weightfree import WeightFreeConfig, WeightFreeLipSync
 
 from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
@@ -223,21 +224,6 @@ def fill_short_gaps(points: np.ndarray, found: np.ndarray, max_gap: int) -> tupl
             points[before + 1:after] = (1 - w) * points[before] + w * points[after]
             found[before + 1:after] = True
     return points, found
-
-
-def speech_features(audio: np.ndarray, fps: float, n_frames: int, vad_model, threshold: float) -> dict[str, np.ndarray]:
-    """Log-mel (M, 80), per-frame RMS and voice activity of 16 kHz mono audio for n_frames frames."""
-    from facefab.audio.features import fit_audio, frame_rms, frame_sample_bounds, frame_voice_activity, log_mel
-
-    audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
-    return {"mel": log_mel(audio), "rms": frame_rms(audio, fps, n_frames),
-            "vad": frame_voice_activity(audio, vad_model, fps, n_frames, threshold)}
-
-
-def as_speech(mel: np.ndarray, rms: np.ndarray, vad: np.ndarray, fps: float, context: int) -> Speech:
-    from facefab.audio.features import mel_windows
-
-    return Speech(mel[mel_windows(len(rms), fps, len(mel), context)], rms, vad.astype(bool))
 
 
 # -- the operators ---------------------------------------------------------------------------------
@@ -467,8 +453,8 @@ class LipSync(GeneratorOperator):
 
         c = self.config
         context = self.model.config.context
-        own = (as_speech(d["own_mel"], d["own_rms"], d["own_vad"], fps, context) if "own_mel" in d else None)
-        new = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context)
+        own = as_speech(d, "own", fps, context) if "own_mel" in d else None
+        new = as_speech(d, "new", fps, context)
         plan = self.model.plan(points, d["valid"], c.crop_size, own, new, d["index"], fps,
                                bank_frames=round(c.bank_seconds * fps))
         start = time.perf_counter()  # the crops of the mouths shown: at most bank_seconds of them
@@ -486,7 +472,7 @@ class LipSync(GeneratorOperator):
 
         index, size = d["index"], self.config.crop_size
         context = (self.model.motion.config.mel_window - 1) // 2
-        mel = as_speech(d["new_mel"], d["new_rms"], d["new_vad"], fps, context).mel_windows
+        mel = as_speech(d, "new", fps, context).mel_windows
         # one crop per output frame, made when the renderer asks: a long dub is never held whole
         stream = self.model.generate_stream(lambda t: warp_to_crop(frames[index[t]], d["affine"][index[t]], size),
                                             size, points[index], mel)

@@ -1,7 +1,8 @@
 """Weight-free lip dubbing in the spirit of Video Rewrite (Bregler et al., SIGGRAPH 1997).
 
-What `facefab dub` runs when no checkpoint is configured. Nothing is downloaded or pretrained:
-every mapping is fitted per video, on the video itself.
+What `facefab dub` runs when no checkpoint is configured. Nothing is downloaded: the mapping is
+fitted per video, on the video itself, or comes from the small speaker-independent model the
+project fitted and ships (`phonetic.py`).
 
 1. Mouth shape (`mouth_features`): per frame, a few distances between face-mesh points in the
    aligned crop (inner/outer lip opening, outer/inner mouth width, jaw drop, lip thickness),
@@ -10,8 +11,9 @@ every mapping is fitted per video, on the video itself.
    (silero-vad), a ridge regression from its log-mel windows to its mouth shapes (numpy closed
    form, penalty chosen by blocked cross-validation); when it has too little speech, or the
    regression does not predict its own held-out frames, loudness is mapped onto opening
-   instead (quiet speech: nearly closed, loud: the widest opening seen in this video). Silence
-   always maps to the video's own closed mouth.
+   (quiet speech: nearly closed, loud: the widest opening seen in this video) and the shipped
+   phonetic model gives width and lip shape from the formants. Silence maps to the video's own
+   closed mouth at its usual width.
 3. Selection (`select_frames`): for every output frame, the source frame whose mouth best fits
    the predicted shape and whose head pose fits the frame it is pasted into, chosen jointly over
    time by Viterbi: continuing with the next source frame is free and a jump costs, so the
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -41,6 +43,10 @@ from facefab.face.parsing import (
     UPPER_OUTER_LIP,
 )
 from facefab.face.smoothing import moving_average
+
+from .mouth_shape import MouthShapeConfig, reshape_mouth
+from .phonetic import PhoneticMouth, load_phonetic_mouth
+from .speech import Speech, loudness_openness, sounding, speech_design
 
 LOWER_OUTER_LIP = 17
 SUBNASALE = 2
@@ -59,6 +65,8 @@ _FEATURES = (
 FEATURE_NAMES = tuple(f[0] for f in _FEATURES)
 FEATURE_WEIGHTS = np.array([f[3] for f in _FEATURES])
 OPENING = np.array([name in ("inner_open", "outer_open", "jaw_drop") for name in FEATURE_NAMES])
+WIDTH = np.array([name in ("outer_width", "inner_width") for name in FEATURE_NAMES])
+INNER_OPEN, OUTER_WIDTH = FEATURE_NAMES.index("inner_open"), FEATURE_NAMES.index("outer_width")
 
 # Points the jaw does not move (nose, cheeks beside the nose, eye corners): the chosen frame's lower
 # face is aligned to the current one on these.
@@ -90,22 +98,12 @@ class WeightFreeConfig:
     feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
     match_color: bool = True  # per-channel gain so the pasted skin matches the frame's
     crossfade_frames: int = 2  # at a cut the old run fades out under the new one over this many frames
-
-
-@dataclass
-class Speech:
-    """Audio features per video frame."""
-
-    mel_windows: np.ndarray  # (T, W, n_mels) log-mel around each frame's centre
-    rms: np.ndarray  # (T,)
-    vad: np.ndarray  # (T,) bool: speech
-
-    def __len__(self) -> int:
-        return len(self.rms)
-
-    def head(self, n: int) -> Speech:
-        """The features of the first n frames."""
-        return Speech(self.mel_windows[:n], self.rms[:n], self.vad[:n])
+    open_percentile: float = 90.0  # the loudest speech opens the mouth like this video's frames above it
+    phonetic: bool = True  # the shipped speech -> mouth model when the video's own speech cannot be fitted
+    reshape: float = 1.0  # how far the chosen mouth is warped toward the target shape (0: not at all)
+    min_open_spread: float = 0.05  # the least spread (std, crop units) of the opening targets reach
+    min_width_spread: float = 0.015  # ... and of the width targets
+    shape: MouthShapeConfig = field(default_factory=MouthShapeConfig)
 
 
 @dataclass
@@ -116,6 +114,13 @@ class DubPlan:
     fit_r: float  # held-out correlation of the ridge fit with inner opening (nan when not fitted)
     fade_from: np.ndarray | None = None  # (N,) the cut-off run's continuation shown fading out, -1: none
     fade_weight: np.ndarray | None = None  # (N,) weight of `choice` over `fade_from` (1: no fade)
+    # mouth shapes in crop units (distance / crop side): a bank frame's is shapes * std + mean; a
+    # target's is targets * scale + mean, where scale is the bank's spread but at least a talking
+    # mouth's (a source that barely moves its lips still gets visible speech)
+    shapes: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     @property
     def mean_run(self) -> float:
@@ -155,19 +160,6 @@ def _standardiser(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndar
 
 # -- audio -> mouth shape -----------------------------------------------------------------------
 
-def speech_design(speech: Speech, bands: int = 20, chunks: int = 3) -> np.ndarray:
-    """(T, chunks*bands + 1) regression inputs: the mel window pooled into `chunks` time slices x
-    `bands` frequency bands, plus log energy, normalised per recording over its speech frames
-    (cepstral-mean style), so a different voice or microphone lands on the same scale."""
-    mel = np.asarray(speech.mel_windows, np.float64)
-    t = len(mel)
-    pooled = np.stack([part.mean(axis=1) for part in np.array_split(mel, chunks, axis=1)], axis=1)
-    pooled = np.stack([part.mean(axis=2) for part in np.array_split(pooled, bands, axis=2)], axis=2)
-    x = np.concatenate([pooled.reshape(t, -1), np.log(speech.rms.astype(np.float64) + 1e-5)[:, None]], axis=1)
-    ref = x[speech.vad] if speech.vad.sum() >= 2 else x
-    return (x - ref.mean(axis=0)) / np.maximum(ref.std(axis=0), 1e-3)
-
-
 def _ridge_solution(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Weights and bias of ridge regression y ~ x (bias unpenalised)."""
     xm, ym = x.mean(axis=0), y.mean(axis=0)
@@ -197,43 +189,30 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, lambdas=(1.0, 10.0, 100.0, 1000.0, 1
     return coef, bias, best[2]
 
 
-def _db(speech: Speech) -> np.ndarray:
-    return 20.0 * np.log10(np.maximum(speech.rms.astype(np.float64), 1e-6))
-
-
-def sounding(speech: Speech, above_floor_db: float = 12.0) -> np.ndarray:
-    """(T,) bool: frames with a voice: speech by the voice detector, or as loud as speech well
-    above the recording's own quiet floor (its 10th percentile). silero misses exclamations,
-    laughter and speech over noise (drive_d6 from 5 s on: 13 dB over its floor, VAD 0.15-0.2);
-    closing the mouth there made the dub's mouth r with the real one fall from 0.58 to 0.25."""
-    db = _db(speech)
-    return speech.vad | (db > np.percentile(db, 10) + above_floor_db)
-
-
-def loudness_openness(speech: Speech) -> np.ndarray:
-    """(T,) in [0, 1]: how far open the mouth should be, from the frame's loudness relative to the
-    recording's own voiced frames (5th..95th percentile in dB); 0 where nothing sounds."""
-    db, voiced = _db(speech), sounding(speech)
-    if not voiced.any():
-        return np.zeros(len(speech))
-    lo, hi = np.percentile(db[voiced], [5, 95])
-    q = np.clip((db - lo) / max(hi - lo, 1.0), 0.0, 1.0)
-    return np.where(voiced, q, 0.0)
-
-
 class MouthModel:
-    """Audio -> mouth shape for one video, in the video's standardised mouth-shape units."""
+    """Audio -> mouth shape for one video, in the video's standardised mouth-shape units.
+
+    Three fits, the first that applies: "ridge" (this video's own speech, when it has enough and
+    the regression predicts its held-out frames), "phonetic" (the shipped speaker-independent
+    model: opening from loudness, the other features from the sounds) and "loudness" (opening
+    only, when the speech has no formants or the phonetic model is switched off)."""
 
     def __init__(self, bank: np.ndarray, valid: np.ndarray, own: Speech | None, fps: float,
-                 config: WeightFreeConfig):
-        self.config = config
+                 config: WeightFreeConfig, phonetic: PhoneticMouth | None = None):
+        self.config, self.fps = config, fps
         shapes = bank[valid]
         openness = shapes[:, 0]
         closed = openness <= np.percentile(openness, 20)
-        wide = openness >= np.percentile(openness, 90)
+        wide = openness >= np.percentile(openness, config.open_percentile)
         self.closed = shapes[closed].mean(axis=0)
         self.open = shapes[wide].mean(axis=0)
+        # At rest the mouth is closed and otherwise as this face usually is: the closed frames'
+        # width would carry whatever expression they happened to have.
+        self.rest = np.where(OPENING, self.closed, 0.0)
         self.fit, self.fit_r, self._ridge = "loudness", math.nan, None
+        self._phonetic = phonetic if phonetic is not None and phonetic.targets == FEATURE_NAMES else None
+        if phonetic is not None and self._phonetic is None:
+            raise ValueError(f"the phonetic mouth model predicts {phonetic.targets}, not {FEATURE_NAMES}")
         speech_frames = int(own.vad[valid].sum()) if own is not None else 0
         if own is not None and speech_frames >= config.min_fit_speech_s * fps:
             keep = valid & own.vad
@@ -245,21 +224,41 @@ class MouthModel:
             loud_r = np.corrcoef(loud, bank[keep, 0])[0, 1] if np.std(loud) > 0 else 0.0
             if r >= max(config.min_fit_r, loud_r):
                 self.fit, self._ridge = "ridge", (coef, bias)
+        if self.fit == "loudness" and self._phonetic is not None:
+            self.fit = "phonetic"
+
+    @property
+    def _trusted(self) -> np.ndarray:
+        """(F,) features the phonetic model predicts, weighted by how well each held out on unseen
+        speakers (r 0.5 or more: fully); 0 where it does not predict them (r < 0.2: opening and
+        lip thickness, which loudness and the rest shape cover)."""
+        if self.fit != "phonetic":
+            return np.zeros(len(FEATURE_NAMES))
+        r = np.nan_to_num(np.array([self._phonetic.held_out_r(name) for name in FEATURE_NAMES]))
+        return np.where(~OPENING & (r >= 0.2), np.clip(r / 0.5, 0.4, 1.0), 0.0)
 
     @property
     def weights(self) -> np.ndarray:
-        # The loudness fallback only knows how open the mouth is, not its width or rounding.
-        return FEATURE_WEIGHTS if self._ridge else np.where(OPENING, FEATURE_WEIGHTS, 0.1 * FEATURE_WEIGHTS)
+        if self._ridge:
+            return FEATURE_WEIGHTS
+        # loudness only knows how open the mouth is, not its width or rounding
+        base = np.where(OPENING, FEATURE_WEIGHTS, 0.1 * FEATURE_WEIGHTS)
+        trusted = self._trusted
+        return np.where(trusted > 0, trusted * FEATURE_WEIGHTS, base)
 
     def predict(self, speech: Speech) -> np.ndarray:
-        """(T, F) target mouth shapes for new speech; silence gets the closed mouth."""
+        """(T, F) target mouth shapes for new speech; silence gets the rest shape."""
         if self._ridge:
             coef, bias = self._ridge
             shapes = speech_design(speech) @ coef + bias
         else:
             q = loudness_openness(speech)[:, None]
             shapes = self.closed + q * (self.open - self.closed)
-        shapes[~sounding(speech)] = self.closed
+            trusted = self._trusted > 0
+            if trusted.any() and speech.formants is not None:
+                # z-scores over the new speaker's voiced frames, read as this face's bank z-scores
+                shapes[:, trusted] = self._phonetic.predict(speech, self.fps)[:, trusted]
+        shapes[~sounding(speech)] = self.rest
         return moving_average(shapes, self.config.smooth_frames)
 
 
@@ -440,7 +439,8 @@ class WeightFreeLipSync:
         raw = mouth_features(points[:b], size)
         mean, std = _standardiser(raw[usable], 1e-3)
         bank = (raw - mean) / std
-        model = MouthModel(bank, usable, own.head(b) if own is not None else None, fps, self.config)
+        phonetic = load_phonetic_mouth() if self.config.phonetic else None
+        model = MouthModel(bank, usable, own.head(b) if own is not None else None, fps, self.config, phonetic)
         targets = model.predict(new)
         weights = model.weights
         unary = weighted_sq_distances(targets, np.nan_to_num(bank), weights)
@@ -448,7 +448,13 @@ class WeightFreeLipSync:
         unary[:, ~usable] = np.inf
         choice = select_frames(unary, bank, weights, self.config)
         fade_from, fade_weight = cross_fades(choice, usable, self.config.crossfade_frames)
-        return DubPlan(choice, targets, model.fit, model.fit_r, fade_from, fade_weight)
+        floor = np.where(OPENING, self.config.min_open_spread, np.where(WIDTH, self.config.min_width_spread, 0.0))
+        # the chosen frames' shapes as the reshape reads them: smoothed along the source, so the
+        # mesh's frame-to-frame jitter is not "corrected" into motion the source never had
+        steady = np.where(usable[:, None], bank, np.nan)
+        steady = np.where(np.isfinite(steady), moving_average(np.nan_to_num(steady), self.config.smooth_frames), np.nan)
+        return DubPlan(choice, targets, model.fit, model.fit_r, fade_from, fade_weight,
+                       shapes=steady, mean=mean, std=std, scale=np.maximum(std, floor))
 
     @staticmethod
     def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray,
@@ -473,17 +479,32 @@ class WeightFreeLipSync:
     def render(self, plan: DubPlan, t: int, mouth_crops: Mapping[int, np.ndarray], points: np.ndarray,
                frame: np.ndarray, affine: np.ndarray, target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(crop, alpha) of output frame `t`, built on source frame `target_frame` (`frame`, with
-        its frame -> crop `affine`), see `transfer_mouth`. mouth_crops: the aligned crop of every
-        frame in `mouth_sources(plan)`; `points` index source frames."""
-        s = int(plan.choice[t])
-        crop, alpha = transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, points[target_frame],
-                                     size, self.config)
+        its frame -> crop `affine`), see `transfer_mouth`, the mouth then reshaped the rest of the
+        way to the plan's target. mouth_crops: the aligned crop of every frame in
+        `mouth_sources(plan)`; `points` index source frames."""
+        crop, alpha = self._mouth(plan, t, int(plan.choice[t]), mouth_crops, points, frame, affine, target_frame, size)
         old = int(plan.fade_from[t]) if plan.fade_from is not None else -1
         if old < 0:
             return crop, alpha
-        old_crop, old_alpha = transfer_mouth(mouth_crops[old], _IDENTITY, points[old], frame, affine,
-                                             points[target_frame], size, self.config)
+        old_crop, old_alpha = self._mouth(plan, t, old, mouth_crops, points, frame, affine, target_frame, size)
         return dissolve(crop, alpha, old_crop, old_alpha, float(plan.fade_weight[t]))
+
+    def _mouth(self, plan: DubPlan, t: int, s: int, mouth_crops: Mapping[int, np.ndarray], points: np.ndarray,
+               frame: np.ndarray, affine: np.ndarray, target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        dst = points[target_frame]
+        crop, alpha = transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, dst, size, self.config)
+        if self.config.reshape <= 0 or plan.shapes is None or not alpha.any():
+            return crop, alpha
+        # what the chosen mouth lacks of the target shape, in this crop's pixels
+        delta = (plan.targets[t] * plan.scale - plan.shapes[s] * plan.std) * size * self.config.reshape
+        if not np.isfinite(delta[[INNER_OPEN, OUTER_WIDTH]]).all():
+            return crop, alpha
+        similarity = umeyama_similarity(points[s][ANCHORS, :2], dst[ANCHORS, :2])
+        src_in_dst = points[s][:, :2] @ similarity[:, :2].T + similarity[:, 2]
+        still = lower_face_polygon(dst, src_in_dst, self.config)
+        crop, _ = reshape_mouth(crop, src_in_dst, still, float(delta[OUTER_WIDTH]), float(delta[INNER_OPEN]),
+                                self.config.shape)
+        return crop, alpha
 
 
 _IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
