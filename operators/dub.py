@@ -111,6 +111,17 @@ class StageTimer:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
+    @contextmanager
+    def carved_out_of(self, stage: str, enclosing: str):
+        """Time `stage` inside a running `enclosing` one, counted for `stage` only."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.add(stage, seconds)
+            self.add(enclosing, -seconds)
+
     def merged_into(self, row: dict[str, Any]) -> str:
         """JSON of the row's earlier `stage_seconds` plus these (operators that both decode add up)."""
         merged = json.loads(row.get("stage_seconds") or "{}")
@@ -457,10 +468,8 @@ class LipSync(GeneratorOperator):
         new = as_speech(d, "new", fps, context)
         plan = self.model.plan(points, d["valid"], c.crop_size, own, new, d["index"], fps,
                                bank_frames=round(c.bank_seconds * fps))
-        start = time.perf_counter()  # the crops of the mouths shown: at most bank_seconds of them
-        mouths = {int(s): warp_to_crop(frames[s], d["affine"][s], c.crop_size) for s in self.model.mouth_sources(plan)}
-        timer.add("decode", time.perf_counter() - start)
-        timer.add("synthesis", start - time.perf_counter())  # counted as decode, not synthesis
+        with timer.carved_out_of("decode", "synthesis"):  # the crops of the mouths shown (at most bank_seconds)
+            mouths = {int(s): warp_to_crop(frames[s], d["affine"][s], c.crop_size) for s in self.model.mouth_sources(plan)}
 
         def crop_alpha(t: int, s: int):
             return self.model.render(plan, t, mouths, points, frames[s], d["affine"][s], s, c.crop_size)
