@@ -15,9 +15,12 @@ project fitted and ships (`phonetic.py`).
    phonetic model gives width and lip shape from the formants. Silence maps to the video's own
    closed mouth at its usual width.
 3. Selection (`select_frames`): for every output frame, the source frame whose mouth best fits
-   the predicted shape and whose head pose fits the frame it is pasted into, chosen jointly over
+   the predicted shape and whose head pose (and, with `expression_weight`, upper-face expression:
+   cheeks, eyes, brows) fits the frame it is pasted into, chosen jointly over
    time by Viterbi: continuing with the next source frame is free and a jump costs, so the
-   output replays runs of real mouth motion instead of flickering between single frames.
+   output replays runs of real mouth motion instead of flickering between single frames. The
+   chosen mouth is then warped the rest of the way to the target opening and width
+   (`mouth_shape.reshape_mouth`).
 4. Transfer (`transfer_mouth`): the chosen frame's lower face is warped into the current frame's
    aligned crop by the similarity that maps its rigid lower-face points (nose, cheeks, eye
    corners) onto the current ones, gain-matched on the skin around it and blended through a
@@ -81,6 +84,10 @@ MOUTH_CENTRE = np.array([UPPER_OUTER_LIP, LOWER_OUTER_LIP, *MOUTH_CORNERS_OUTER]
 # Head-pose proxy in the aligned crop: nose tip and the face's left/right extremes move with yaw
 # and pitch but not with the mouth.
 POSE_POINTS = np.array([4, 234, 454])
+# Upper-face expression in the aligned crop (lid to cheek, lid to lid, brow to lid on both sides):
+# a smile lifts the cheeks toward the eyes and narrows them, so a grin's mouth is chosen for a
+# smiling face and a neutral mouth for a neutral one.
+EXPRESSION_PAIRS = np.array([[145, 205], [374, 425], [159, 145], [386, 374], [105, 159], [334, 386]])
 
 
 @dataclass
@@ -92,6 +99,7 @@ class WeightFreeConfig:
     jump_cost: float = 2.0  # cost of cutting to another source frame (continuing is free)
     hold_cost: float = 0.5  # cost of showing the same source frame twice in a row
     pose_weight: float = 2.0  # head-pose mismatch (per pose std) against mouth-shape mismatch
+    expression_weight: float = 0.0  # upper-face expression mismatch (per std), likewise (off: see README)
     smooth_frames: int = 3  # moving average on the predicted mouth shapes
     mask_margin: float = 0.08  # mask grows this much (fraction of its size) beyond the lower face
     side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
@@ -142,6 +150,12 @@ def mouth_features(points: np.ndarray, size: float) -> np.ndarray:
 def pose_features(points: np.ndarray, size: float) -> np.ndarray:
     """(T, 6) head-pose proxy: crop positions of the nose tip and the two face extremes."""
     return np.asarray(points, np.float64)[:, POSE_POINTS, :2].reshape(len(points), -1) / float(size)
+
+
+def expression_features(points: np.ndarray, size: float) -> np.ndarray:
+    """(T, 6) upper-face expression: the EXPRESSION_PAIRS distances / crop side."""
+    xy = np.asarray(points, np.float64)[..., :2]
+    return np.linalg.norm(xy[:, EXPRESSION_PAIRS[:, 0]] - xy[:, EXPRESSION_PAIRS[:, 1]], axis=-1) / float(size)
 
 
 def weighted_sq_distances(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -444,7 +458,10 @@ class WeightFreeLipSync:
         targets = model.predict(new)
         weights = model.weights
         unary = weighted_sq_distances(targets, np.nan_to_num(bank), weights)
-        unary += self.config.pose_weight * self._pose_cost(points, size, valid, target_frames, b)
+        unary += self.config.pose_weight * self._context_cost(pose_features(points, size), valid, target_frames, b)
+        if self.config.expression_weight:
+            unary += self.config.expression_weight * self._context_cost(expression_features(points, size), valid,
+                                                                        target_frames, b)
         unary[:, ~usable] = np.inf
         choice = select_frames(unary, bank, weights, self.config)
         fade_from, fade_weight = cross_fades(choice, usable, self.config.crossfade_frames)
@@ -457,16 +474,16 @@ class WeightFreeLipSync:
                        shapes=steady, mean=mean, std=std, scale=np.maximum(std, floor))
 
     @staticmethod
-    def _pose_cost(points: np.ndarray, size: int, valid: np.ndarray, target_frames: np.ndarray,
-                   bank_frames: int) -> np.ndarray:
-        """(N, B) squared head-pose distance (in the bank's pose std units) between each output
-        frame's own source frame and every bank frame; 0 where the output frame has no landmarks."""
-        pose = pose_features(points, size)
-        usable = pose[:bank_frames][valid[:bank_frames]]
+    def _context_cost(features: np.ndarray, valid: np.ndarray, target_frames: np.ndarray,
+                      bank_frames: int) -> np.ndarray:
+        """(N, B) mean squared distance (in the bank's std units) between the features (head pose,
+        expression) of each output frame's own source frame and of every bank frame: the mouth
+        pasted in must fit the face around it. 0 where the output frame has no landmarks."""
+        usable = features[:bank_frames][valid[:bank_frames]]
         _, std = _standardiser(usable, 1e-3)
-        pose = np.nan_to_num((pose - np.nanmean(usable, axis=0)) / std)
-        cost = weighted_sq_distances(pose[target_frames], pose[:bank_frames],
-                                     np.full(pose.shape[1], 1.0 / pose.shape[1]))
+        features = np.nan_to_num((features - np.nanmean(usable, axis=0)) / std)
+        cost = weighted_sq_distances(features[target_frames], features[:bank_frames],
+                                     np.full(features.shape[1], 1.0 / features.shape[1]))
         cost[~valid[target_frames]] = 0.0
         return cost
 
