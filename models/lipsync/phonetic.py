@@ -132,9 +132,13 @@ class PhoneticMouth:
 _DEFAULT: PhoneticMouth | None = None
 
 
-def load_phonetic_mouth() -> PhoneticMouth | None:
-    """The parameters shipped with the package (None when the file is missing: loudness is used)."""
+def load_phonetic_mouth() -> PhoneticMouth:
+    """The parameters shipped with the package (read once per process)."""
     global _DEFAULT
-    if _DEFAULT is None and DEFAULT_FILE.exists():
+    if _DEFAULT is None:
+        if not DEFAULT_FILE.exists():
+            raise FileNotFoundError(f"{DEFAULT_FILE} is missing from the installed package: reinstall facefab, "
+                                    "refit it (python -m facefab.models.lipsync.fit_phonetic) or set "
+                                    "weightfree.phonetic to false")
         _DEFAULT = PhoneticMouth.from_pretrained(DEFAULT_FILE)
     return _DEFAULT
