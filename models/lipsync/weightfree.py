@@ -101,6 +101,7 @@ class WeightFreeConfig:
     pose_weight: float = 2.0  # head-pose mismatch (per pose std) against mouth-shape mismatch
     expression_weight: float = 0.0  # upper-face expression mismatch (per std), likewise (off: see README)
     smooth_frames: int = 3  # moving average on the predicted mouth shapes
+    open_smooth_frames: int = 0  # ... on the opening ones when longer (a smoother jaw; 0: the same)
     mask_margin: float = 0.08  # mask grows this much (fraction of its size) beyond the lower face
     side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
     feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
@@ -273,7 +274,11 @@ class MouthModel:
                 # z-scores over the new speaker's voiced frames, read as this face's bank z-scores
                 shapes[:, trusted] = self._phonetic.predict(speech, self.fps)[:, trusted]
         shapes[~sounding(speech)] = self.rest
-        return moving_average(shapes, self.config.smooth_frames)
+        smoothed = moving_average(shapes, self.config.smooth_frames)
+        if self.config.open_smooth_frames > self.config.smooth_frames:
+            # the jaw is slower than the lips' shape, and the loudness envelope jumps frame to frame
+            smoothed[:, OPENING] = moving_average(shapes[:, OPENING], self.config.open_smooth_frames)
+        return smoothed
 
 
 # -- selection ------------------------------------------------------------------------------------
