@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facefab.face.alignment import points_to_crop
 from facefab.face.mesh import largest_face_landmarks
+from facefab.face.scores import finite_pearson
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
 from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import embed_watermark
@@ -53,13 +53,6 @@ def mouth_series(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     eyes = np.linalg.norm(xy[:, EYE_CORNERS[0]] - xy[:, EYE_CORNERS[1]], axis=-1)
     return (np.linalg.norm(xy[:, 13] - xy[:, 14], axis=-1) / eyes,
             np.linalg.norm(xy[:, 61] - xy[:, 291], axis=-1) / eyes)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 10 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
 def resample(series: np.ndarray, fps_from: float, n: int, fps_to: float) -> np.ndarray:
@@ -130,8 +123,9 @@ def evaluate(a: str, b: str, seconds: float, config: DubConfig, work: Path) -> d
     outside = ~masks
     return {
         "pair": f"{a}<-{b}", "fit": row.get("fit"), "frames": n,
-        "opening_r": pearson(out_open, real_open), "width_r": pearson(out_width, real_width),
-        "undubbed_opening_r": pearson(src_open, real_open), "undubbed_width_r": pearson(src_width, real_width),
+        "opening_r": finite_pearson(out_open, real_open), "width_r": finite_pearson(out_width, real_width),
+        "undubbed_opening_r": finite_pearson(src_open, real_open),
+        "undubbed_width_r": finite_pearson(src_width, real_width),
         "opening_std_ratio": float(np.nanstd(out_open) / max(np.nanstd(src_open), 1e-9)),
         "sync": row.get("sync_output"), "sync_undubbed": row.get("sync_source"),
         "flicker_ratio": flicker(out, masks) / max(flicker(source, masks), 1e-9),

@@ -34,6 +34,15 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else math.nan
 
 
+def finite_pearson(a: np.ndarray, b: np.ndarray, min_frames: int = 10) -> float:
+    """Pearson r over the samples where both series are finite; NaN with fewer than `min_frames`
+    of them or a constant series."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < min_frames or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return math.nan
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
 def av_sync_score(mouth_open: np.ndarray, envelope: np.ndarray, max_lag: int = 5,
                   min_frames: int = 10) -> tuple[float, int]:
     """(max Pearson r, its lag) between mouth opening and the audio envelope, both per video frame.

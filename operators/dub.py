@@ -291,7 +291,8 @@ class DubAnalyze(Operator):
                 own = None
                 if info.has_audio:
                     own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / fps)
-                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold)
+                    # the source's own speech fits the per-video regression, which reads no formants
+                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold, formants=False)
         undubbed = self._check_coverage(new["vad"], seen[index] & ~face["valid"][index], fps)
         arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()},
                   **({f"own_{k}": v for k, v in own.items()} if own else {})}
@@ -469,7 +470,8 @@ class LipSync(GeneratorOperator):
         plan = self.model.plan(points, d["valid"], c.crop_size, own, new, d["index"], fps,
                                bank_frames=round(c.bank_seconds * fps))
         with timer.carved_out_of("decode", "synthesis"):  # the crops of the mouths shown (at most bank_seconds)
-            mouths = {int(s): warp_to_crop(frames[s], d["affine"][s], c.crop_size) for s in self.model.mouth_sources(plan)}
+            mouths = {int(s): warp_to_crop(frames[s], d["affine"][s], c.crop_size)
+                      for s in self.model.mouth_sources(plan)}
 
         def crop_alpha(t: int, s: int):
             return self.model.render(plan, t, mouths, points, frames[s], d["affine"][s], s, c.crop_size)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from facefab.face.mesh import largest_face_landmarks
+from facefab.face.scores import finite_pearson
 
 from .phonetic import DEFAULT_FILE, PhoneticMouth, PhoneticMouthConfig
 from .speech import Speech, as_speech, sounding, speech_features
@@ -53,13 +54,6 @@ def recording(path: str) -> tuple[Speech, float, np.ndarray]:
     return speech, fps, shapes
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 10 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
 def leave_one_out(recordings: dict[str, tuple[Speech, float, np.ndarray]],
                   config: PhoneticMouthConfig) -> dict[str, dict[str, float]]:
     """Per held-out video, the r per mouth feature over its voiced frames of a fit on the others."""
@@ -70,7 +64,7 @@ def leave_one_out(recordings: dict[str, tuple[Speech, float, np.ndarray]],
                                           FEATURE_NAMES)
         voiced = sounding(speech)
         pred = model.predict(speech, fps)
-        scores[held] = {name: round(_pearson(pred[voiced, k], shapes[voiced, k]), 3)
+        scores[held] = {name: round(finite_pearson(pred[voiced, k], shapes[voiced, k]), 3)
                         for k, name in enumerate(FEATURE_NAMES)}
     return scores
 

@@ -108,7 +108,7 @@ def mesh_warp(image: np.ndarray, sources: np.ndarray, targets: np.ndarray, smoot
     if smooth > 0:
         field = cv2.GaussianBlur(field, (0, 0), smooth)
     if inside is not None:
-        field *= _polygon_mask(cv2.convexHull(inside.astype(np.float32))[:, 0].astype(np.float64), box)[..., None]
+        field *= polygon_mask(cv2.convexHull(inside.astype(np.float32))[:, 0].astype(np.float64), box)[..., None]
     out = image.copy()
     out[y0:y1, x0:x1] = cv2.remap(image, (xs + field[..., 0]).astype(np.float32),
                                   (ys + field[..., 1]).astype(np.float32), cv2.INTER_LINEAR,
@@ -116,7 +116,8 @@ def mesh_warp(image: np.ndarray, sources: np.ndarray, targets: np.ndarray, smoot
     return out
 
 
-def _polygon_mask(polygon: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+def polygon_mask(polygon: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(h, w) float32 anti-aliased fill of `polygon` (sub-pixel vertices) inside box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillPoly(mask, [np.round((polygon - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
@@ -133,11 +134,11 @@ def paint_cavity(image: np.ndarray, new_xy: np.ndarray, config: MouthShapeConfig
     if x1 - x0 < 2 or y1 - y0 < 2:
         return image
     gap = lip_gap(new_xy)
-    inside = _polygon_mask(new_xy[inner], box)
+    inside = polygon_mask(new_xy[inner], box)
     if inside.sum() < 1:
         return image
     region = image[y0:y1, x0:x1].astype(np.float32)
-    ring = (_polygon_mask(new_xy[outer], box) > 0.5) & (inside < 0.1)
+    ring = (polygon_mask(new_xy[outer], box) > 0.5) & (inside < 0.1)
     lip_color = region[ring].mean(axis=0) if ring.sum() >= 8 else region.reshape(-1, 3).mean(axis=0)
     # depth: 0 at the inner lip edge, 1 a fifth of the gap in
     depth = cv2.distanceTransform((inside > 0.5).astype(np.uint8), cv2.DIST_L2, 3)

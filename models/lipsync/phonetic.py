@@ -27,6 +27,14 @@ from .speech import Speech, sounding, speech_design
 DEFAULT_FILE = Path(__file__).with_name("phonetic_mouth.json")
 
 
+def ridge_solution(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of ridge regression y ~ x (bias unpenalised), closed form by SVD."""
+    xm, ym = x.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
+    coef = vt.T @ ((s / (s * s + lam))[:, None] * (u.T @ (y - ym)))
+    return coef, ym - xm @ coef
+
+
 @dataclass
 class PhoneticMouthConfig:
     mel_bands: int = 8  # spectral envelope bands (pooled log-mel)
@@ -76,11 +84,7 @@ class PhoneticMouth:
             x, z, keep = self._examples(speech, rate, y)
             xs.append(x[keep])
             ys.append(z[keep])
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        xm, ym = x.mean(axis=0), y.mean(axis=0)
-        u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
-        self.coef = vt.T @ ((s / (s * s + self.config.ridge))[:, None] * (u.T @ (y - ym)))
-        self.bias = ym - xm @ self.coef
+        self.coef, self.bias = ridge_solution(np.concatenate(xs), np.concatenate(ys), self.config.ridge)
         self.targets = tuple(targets)
         return self
 

@@ -64,16 +64,20 @@ def loudness_openness(speech: Speech) -> np.ndarray:
     return np.where(voiced, q, 0.0)
 
 
-def speech_features(audio: np.ndarray, fps: float, n_frames: int, vad_model, threshold: float) -> dict[str, np.ndarray]:
+def speech_features(audio: np.ndarray, fps: float, n_frames: int, vad_model, threshold: float,
+                    formants: bool = True) -> dict[str, np.ndarray]:
     """What `as_speech` needs, as plain arrays (to store with a row): log-mel (M, 80) of 16 kHz
-    mono audio, and per video frame its RMS, voice activity and formants, for n_frames frames."""
+    mono audio, and per video frame its RMS, voice activity and (unless `formants` is false: only
+    the phonetic model reads them) formants, for n_frames frames."""
     from facefab.audio.features import fit_audio, frame_rms, frame_sample_bounds, frame_voice_activity, log_mel
     from facefab.audio.formants import formant_tracks
 
     audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
-    return {"mel": log_mel(audio), "rms": frame_rms(audio, fps, n_frames),
-            "vad": frame_voice_activity(audio, vad_model, fps, n_frames, threshold),
-            "formants": formant_tracks(audio, fps, n_frames)}
+    arrays = {"mel": log_mel(audio), "rms": frame_rms(audio, fps, n_frames),
+              "vad": frame_voice_activity(audio, vad_model, fps, n_frames, threshold)}
+    if formants:
+        arrays["formants"] = formant_tracks(audio, fps, n_frames)
+    return arrays
 
 
 def as_speech(arrays: Mapping[str, np.ndarray], prefix: str, fps: float, context: int) -> Speech:

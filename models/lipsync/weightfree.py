@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -47,8 +48,8 @@ from facefab.face.parsing import (
 )
 from facefab.face.smoothing import moving_average
 
-from .mouth_shape import MouthShapeConfig, reshape_mouth
-from .phonetic import PhoneticMouth, load_phonetic_mouth
+from .mouth_shape import MouthShapeConfig, polygon_mask, reshape_mouth
+from .phonetic import PhoneticMouth, load_phonetic_mouth, ridge_solution
 from .speech import Speech, loudness_openness, sounding, speech_design
 
 LOWER_OUTER_LIP = 17
@@ -123,11 +124,10 @@ class DubPlan:
     fit_r: float  # held-out correlation of the ridge fit with inner opening (nan when not fitted)
     fade_from: np.ndarray | None = None  # (N,) the cut-off run's continuation shown fading out, -1: none
     fade_weight: np.ndarray | None = None  # (N,) weight of `choice` over `fade_from` (1: no fade)
-    # mouth shapes in crop units (distance / crop side): a bank frame's is shapes * std + mean; a
-    # target's is targets * scale + mean, where scale is the bank's spread but at least a talking
-    # mouth's (a source that barely moves its lips still gets visible speech)
+    # mouth shapes in crop units (distance / crop side), about the bank's mean: a bank frame's is
+    # shapes * std, a target's is targets * scale, where scale is the bank's spread but at least a
+    # talking mouth's (a source that barely moves its lips still gets visible speech)
     shapes: np.ndarray | None = None
-    mean: np.ndarray | None = None
     std: np.ndarray | None = None
     scale: np.ndarray | None = None
 
@@ -175,14 +175,6 @@ def _standardiser(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndar
 
 # -- audio -> mouth shape -----------------------------------------------------------------------
 
-def _ridge_solution(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias of ridge regression y ~ x (bias unpenalised)."""
-    xm, ym = x.mean(axis=0), y.mean(axis=0)
-    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
-    coef = vt.T @ ((s / (s * s + lam))[:, None] * (u.T @ (y - ym)))
-    return coef, ym - xm @ coef
-
-
 def fit_ridge(x: np.ndarray, y: np.ndarray, lambdas=(1.0, 10.0, 100.0, 1000.0, 1e4),
               folds: int = 5) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge regression with the penalty chosen by contiguous-block cross-validation (neighbouring
@@ -194,13 +186,13 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, lambdas=(1.0, 10.0, 100.0, 1000.0, 1
         pred = np.empty_like(y)
         for held in blocks:
             train = np.setdiff1d(np.arange(len(x)), held)
-            coef, bias = _ridge_solution(x[train], y[train], lam)
+            coef, bias = ridge_solution(x[train], y[train], lam)
             pred[held] = x[held] @ coef + bias
         err = float(((pred - y) ** 2).mean())
         if err < best[0]:
             r = np.corrcoef(pred[:, 0], y[:, 0])[0, 1] if np.std(pred[:, 0]) > 0 else 0.0
             best = (err, lam, float(r))
-    coef, bias = _ridge_solution(x, y, best[1])
+    coef, bias = ridge_solution(x, y, best[1])
     return coef, bias, best[2]
 
 
@@ -225,9 +217,9 @@ class MouthModel:
         # width would carry whatever expression they happened to have.
         self.rest = np.where(OPENING, self.closed, 0.0)
         self.fit, self.fit_r, self._ridge = "loudness", math.nan, None
-        self._phonetic = phonetic if phonetic is not None and phonetic.targets == FEATURE_NAMES else None
-        if phonetic is not None and self._phonetic is None:
+        if phonetic is not None and phonetic.targets != FEATURE_NAMES:
             raise ValueError(f"the phonetic mouth model predicts {phonetic.targets}, not {FEATURE_NAMES}")
+        self._phonetic = phonetic
         speech_frames = int(own.vad[valid].sum()) if own is not None else 0
         if own is not None and speech_frames >= config.min_fit_speech_s * fps:
             keep = valid & own.vad
@@ -358,18 +350,31 @@ def _shift(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
     return out
 
 
+class Placement(NamedTuple):
+    """Where a source frame's lower face goes in the destination crop."""
+
+    similarity: np.ndarray  # (2, 3) source crop -> destination crop, fitted on the rigid ANCHORS
+    src_in_dst: np.ndarray  # (478, 2) the source landmarks moved by it
+    polygon: np.ndarray  # (K, 2) the region blended in: `lower_face_polygon`
+
+
+def place_mouth(src_points: np.ndarray, dst_points: np.ndarray, config: WeightFreeConfig) -> Placement:
+    similarity = umeyama_similarity(src_points[ANCHORS, :2], dst_points[ANCHORS, :2])
+    src_in_dst = src_points[:, :2] @ similarity[:, :2].T + similarity[:, 2]
+    return Placement(similarity, src_in_dst, lower_face_polygon(dst_points, src_in_dst, config))
+
+
 def transfer_mouth(src_frame: np.ndarray, src_affine: np.ndarray, src_points: np.ndarray,
                    dst_frame: np.ndarray, dst_affine: np.ndarray, dst_points: np.ndarray, size: int,
-                   config: WeightFreeConfig) -> tuple[np.ndarray, np.ndarray]:
+                   config: WeightFreeConfig, placement: Placement | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The source frame's lower face in the destination's aligned crop, and its blend mask.
 
     src/dst_affine: frame -> aligned crop (2, 3); src/dst_points: (478, >=2) landmarks in their
-    own crops. Returns (crop (size, size, 3) uint8, alpha (size, size) float32); the crop is only
-    meaningful where alpha > 0. Both are computed on the mask's bounding box only.
+    own crops; placement: `place_mouth` of those points, when the caller already has it. Returns
+    (crop (size, size, 3) uint8, alpha (size, size) float32); the crop is only meaningful where
+    alpha > 0. Both are computed on the mask's bounding box only.
     """
-    similarity = umeyama_similarity(src_points[ANCHORS, :2], dst_points[ANCHORS, :2])
-    src_in_dst = src_points[:, :2] @ similarity[:, :2].T + similarity[:, 2]
-    polygon = lower_face_polygon(dst_points, src_in_dst, config)
+    similarity, _, polygon = placement or place_mouth(src_points, dst_points, config)
     sigma = max(config.feather * size, 0.5)
     x0, y0, x1, y1 = _roi(polygon, 3 * sigma, size)
     crop = np.zeros((size, size, 3), np.uint8)
@@ -379,9 +384,7 @@ def transfer_mouth(src_frame: np.ndarray, src_affine: np.ndarray, src_points: np
     roi = (x1 - x0, y1 - y0)
     warped = cv2.warpAffine(src_frame, _shift(_compose(similarity, src_affine), x0, y0), roi,
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    mask = np.zeros((roi[1], roi[0]), np.float32)
-    cv2.fillPoly(mask, [np.round((polygon - (x0, y0)) * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    mask = cv2.GaussianBlur(polygon_mask(polygon, (x0, y0, x1, y1)), (0, 0), sigma)
     if config.match_color:
         current = cv2.warpAffine(dst_frame, _shift(dst_affine, x0, y0), roi, flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REFLECT_101)
@@ -476,7 +479,7 @@ class WeightFreeLipSync:
         steady = np.where(usable[:, None], bank, np.nan)
         steady = np.where(np.isfinite(steady), moving_average(np.nan_to_num(steady), self.config.smooth_frames), np.nan)
         return DubPlan(choice, targets, model.fit, model.fit_r, fade_from, fade_weight,
-                       shapes=steady, mean=mean, std=std, scale=np.maximum(std, floor))
+                       shapes=steady, std=std, scale=np.maximum(std, floor))
 
     @staticmethod
     def _context_cost(features: np.ndarray, valid: np.ndarray, target_frames: np.ndarray,
@@ -514,18 +517,17 @@ class WeightFreeLipSync:
     def _mouth(self, plan: DubPlan, t: int, s: int, mouth_crops: Mapping[int, np.ndarray], points: np.ndarray,
                frame: np.ndarray, affine: np.ndarray, target_frame: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         dst = points[target_frame]
-        crop, alpha = transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, dst, size, self.config)
+        placement = place_mouth(points[s], dst, self.config)
+        crop, alpha = transfer_mouth(mouth_crops[s], _IDENTITY, points[s], frame, affine, dst, size, self.config,
+                                     placement)
         if self.config.reshape <= 0 or plan.shapes is None or not alpha.any():
             return crop, alpha
         # what the chosen mouth lacks of the target shape, in this crop's pixels
         delta = (plan.targets[t] * plan.scale - plan.shapes[s] * plan.std) * size * self.config.reshape
         if not np.isfinite(delta[[INNER_OPEN, OUTER_WIDTH]]).all():
             return crop, alpha
-        similarity = umeyama_similarity(points[s][ANCHORS, :2], dst[ANCHORS, :2])
-        src_in_dst = points[s][:, :2] @ similarity[:, :2].T + similarity[:, 2]
-        still = lower_face_polygon(dst, src_in_dst, self.config)
-        crop, _ = reshape_mouth(crop, src_in_dst, still, float(delta[OUTER_WIDTH]), float(delta[INNER_OPEN]),
-                                self.config.shape)
+        crop, _ = reshape_mouth(crop, placement.src_in_dst, placement.polygon, float(delta[OUTER_WIDTH]),
+                                float(delta[INNER_OPEN]), self.config.shape)
         return crop, alpha
 
 

@@ -2,10 +2,11 @@
 speech -> mouth model (shipped, and its fitting script) and the mouth reshape warp."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from facefab.audio.features import SAMPLE_RATE, load_vad
+from facefab.audio.features import load_vad
 from facefab.face.mesh import largest_face_landmarks
 from facefab.media import read_audio, read_frames
 from facefab.models.lipsync import fit_phonetic
@@ -71,9 +72,7 @@ def test_reshape_opens_and_widens_the_mouth_as_asked_and_nothing_outside_moves(p
     seen_width = float(np.linalg.norm(seen[1, 61, :2] - seen[1, 291, :2]))
     assert abs(seen_width - 1.15 * width) < 0.06 * width
     # the new gap is a dark mouth cavity, not stretched lip
-    outer, inner = lip_loops()
-    import cv2
-
+    _, inner = lip_loops()
     cavity = np.zeros(image.shape[:2], np.uint8)
     cv2.fillPoly(cavity, [np.round(moved[inner]).astype(np.int32)], 1)
     cavity = cv2.erode(cavity, np.ones((3, 3), np.uint8)).astype(bool)
