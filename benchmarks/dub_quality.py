@@ -10,9 +10,16 @@ Per pair (A video : B speech source, shared media under ../shared/data/videos):
   seconds (B resampled to A's frame times); the undubbed A over the same frames for reference.
 - sync: the DubScore sync score (max-lag r of the output's opening and the new audio's envelope).
 - flicker: mean absolute frame-to-frame change inside the lower-face box, output / retimed source.
+  A mouth that speaks where the source's barely moved changes more from frame to frame by rights,
+  so also:
+- open step vs real: mean frame-to-frame change of the output's mouth opening / that of B's real
+  mouth saying the same speech (eye-corner units): above 1, the dub moves the mouth faster than
+  a real speaker did.
 - PSNR outside the lower face (output vs retimed source: what the dub must not touch).
 - watermark cost: whole-frame PSNR of a CRF 18 encode of the first 100 output frames, without the
-  mark minus with it.
+  mark minus with it (as the dub would write them).
+The dub is written losslessly (--crf 0), so the encoder's loss is counted neither against the dub
+(PSNR outside) nor twice in the watermark's cost.
 Only B = drive_d6 and drive_d10 carry speech in sync with their lips (see the shared README).
 """
 
@@ -93,6 +100,11 @@ def flicker(frames: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean(changes))
 
 
+def step(series: np.ndarray) -> float:
+    """Mean absolute frame-to-frame change of a mouth series (NaN steps skipped)."""
+    return float(np.nanmean(np.abs(np.diff(series))))
+
+
 def watermark_cost(frames: np.ndarray, fps: float, work: Path) -> float:
     plain, marked = str(work / "plain.mp4"), str(work / "marked.mp4")
     write_video(plain, frames, fps)
@@ -129,6 +141,7 @@ def evaluate(a: str, b: str, seconds: float, config: DubConfig, work: Path) -> d
         "opening_std_ratio": float(np.nanstd(out_open) / max(np.nanstd(src_open), 1e-9)),
         "sync": row.get("sync_output"), "sync_undubbed": row.get("sync_source"),
         "flicker_ratio": flicker(out, masks) / max(flicker(source, masks), 1e-9),
+        "open_step_vs_real": step(out_open) / max(step(real_open), 1e-9),
         "psnr_outside": psnr(out, source, outside),
         "watermark_cost_db": watermark_cost(out[:100], fps, work),
     }
@@ -138,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="A:B pairs: dub video A with B's own speech")
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--crf", type=int, default=0, help="the dub's own encode (0: lossless)")
     parser.add_argument("--model", default="weightfree")
     parser.add_argument("--checkpoint")
     parser.add_argument("--weightfree", default="", help="weight-free settings to try, e.g. pose_weight=1,jump_cost=1")
     args = parser.parse_args(argv)
     settings = {k: type(getattr(WeightFreeConfig(), k))(v) for k, v in
                 (item.split("=") for item in args.weightfree.split(",") if item)}
-    config = DubConfig(model=args.model, checkpoint=args.checkpoint, watermark=False,
+    config = DubConfig(model=args.model, checkpoint=args.checkpoint, watermark=False, crf=args.crf,
                        weightfree=WeightFreeConfig(**settings))
     columns = ("opening_r", "width_r", "undubbed_opening_r", "undubbed_width_r", "opening_std_ratio", "sync",
-               "sync_undubbed", "flicker_ratio", "psnr_outside", "watermark_cost_db")
+               "sync_undubbed", "flicker_ratio", "open_step_vs_real", "psnr_outside", "watermark_cost_db")
     with tempfile.TemporaryDirectory(prefix="facefab-dub-quality-") as tmp:
         print("pair            fit       " + " ".join(f"{c:>10.10}" for c in columns))
         for pair in args.pairs.split(","):

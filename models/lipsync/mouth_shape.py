@@ -9,7 +9,7 @@ The warp moves the lip contours (corners outward for width; the lower lip and, l
 down and the upper lip slightly up for opening) and holds a ring of points (the blend region's
 edge, the nose) still; the displacement between them is linear over Delaunay triangles, smoothed,
 and applied as a backward map (`cv2.remap`), so nothing outside the ring moves. Inside a mouth
-opened from closed, a shaded cavity fills the new gap; an open mouth's own inside is stretched.
+opened from closed, a shaded cavity with the upper front teeth fills the new gap; an open mouth's own inside is stretched.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class MouthShapeConfig:
     smooth: float = 0.05  # the warp's displacement is blurred this much (fraction of the mouth width)
     cavity_color: tuple[float, float, float] = (0.24, 0.11, 0.11)  # deep inner mouth, fraction of the lips' colour
     cavity_edge_color: tuple[float, float, float] = (0.45, 0.24, 0.24)  # just inside the lips
+    teeth_depth: float = 0.12  # the upper front teeth show this far below the upper lip (fraction of the width)
+    teeth_brightness: float = 1.3  # teeth luma relative to the lips' mean colour
+    teeth_tint: tuple[float, float, float] = (1.0, 0.97, 0.9)  # warm off-white
     closed_gap: float = 0.08  # a mouth parted less than this (fraction of its width) gets a painted cavity;
     # one already open has a real inside, which the warp stretches
 
@@ -124,10 +127,30 @@ def polygon_mask(polygon: np.ndarray, box: tuple[int, int, int, int]) -> np.ndar
     return mask
 
 
+def _upper_edge(inner_xy: np.ndarray, centre: np.ndarray, u: np.ndarray, v: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The upper inner lip line as (along, down) coordinates sorted along the mouth: of the inner
+    loop's two chains from corner to corner, the one nearer the nose."""
+    along, down = (inner_xy - centre) @ u, (inner_xy - centre) @ v
+    i0, i1 = int(np.argmin(along)), int(np.argmax(along))
+    n = len(inner_xy)
+    forward = [(i0 + k) % n for k in range((i1 - i0) % n + 1)]
+    backward = [(i1 + k) % n for k in range((i0 - i1) % n + 1)]
+    upper = np.array(min(forward, backward, key=lambda chain: down[chain].mean()))
+    order = np.argsort(along[upper])
+    return along[upper][order], down[upper][order]
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def paint_cavity(image: np.ndarray, new_xy: np.ndarray, config: MouthShapeConfig) -> np.ndarray:
     """A mouth that was closed, opened by the warp: what the stretch made of the lip line becomes a
-    mouth cavity in the lips' own hue, dark in the middle and lighter toward the lips, with soft
-    edges (no flat slab)."""
+    mouth cavity in the lips' own hue, dark in the middle and lighter toward the lips, with the
+    upper front teeth showing under the upper lip (a shaded template band, lit like the face).
+    The cavity's soft edge stays inside the inner lip line, so a thin lip is not darkened."""
     outer, inner = lip_loops()
     box = _box(new_xy[outer], 3, image.shape)
     x0, y0, x1, y1 = box
@@ -146,10 +169,42 @@ def paint_cavity(image: np.ndarray, new_xy: np.ndarray, config: MouthShapeConfig
     edge = lip_color * np.array(config.cavity_edge_color, np.float32)
     deep = lip_color * np.array(config.cavity_color, np.float32)
     cavity = edge * (1 - depth) + deep * depth
-    alpha = cv2.GaussianBlur(inside, (0, 0), max(gap / 10, 0.7))[..., None]
+    teeth = _teeth(new_xy, inner, box, gap, lip_color, config)
+    if teeth is not None:
+        color, cover = teeth
+        cavity = cavity * (1 - cover) + color * cover
+    alpha = (cv2.GaussianBlur(inside, (0, 0), max(gap / 10, 0.7)) * inside)[..., None]
     out = image.copy()
     out[y0:y1, x0:x1] = np.clip(region * (1 - alpha) + cavity * alpha + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def _teeth(new_xy: np.ndarray, inner: np.ndarray, box: tuple[int, int, int, int], gap: float,
+           lip_color: np.ndarray, config: MouthShapeConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """(colour (h, w, 3), cover (h, w, 1)) of the upper front teeth inside box, or None when the
+    mouth is too little open to show them: a band hanging from the upper inner lip, as deep as
+    `teeth_depth` of the mouth width (at most half the gap), fading toward the corners, shaded
+    under the lip and at the biting edge, its brightness taken from the lips' (the face's light)."""
+    if config.teeth_depth <= 0:
+        return None
+    centre, u, v, width = _axes(new_xy)
+    depth = min(config.teeth_depth * width, 0.5 * gap)
+    if depth < 1.0:
+        return None
+    x0, y0, x1, y1 = box
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    rel = np.stack([xs - centre[0], ys - centre[1]], axis=-1)
+    along, down = rel @ u, rel @ v
+    edge_along, edge_down = _upper_edge(new_xy[inner], centre, u, v)
+    below = down - np.interp(along, edge_along, edge_down)  # pixels under the upper inner lip
+    side = np.abs(along) / max(width / 2, 1e-6)
+    cover = _smoothstep((depth - below) / max(0.15 * depth, 0.5)) * _smoothstep((0.8 - side) / 0.3)
+    cover *= _smoothstep(below / max(0.1 * depth, 0.5) + 1.0)
+    shade = (0.78 + 0.22 * _smoothstep(below / max(0.3 * depth, 0.5))) * (1.0 - 0.25 * side)
+    shade *= 1.0 - 0.12 * _smoothstep((below - 0.7 * depth) / max(0.3 * depth, 0.5))
+    level = min(float(lip_color.mean()) * config.teeth_brightness, 245.0)
+    color = (level * np.array(config.teeth_tint, np.float32))[None, None, :] * shade[..., None].astype(np.float32)
+    return color, cover[..., None].astype(np.float32)
 
 
 def reshape_mouth(image: np.ndarray, points: np.ndarray, still: np.ndarray, d_width: float, d_open: float,

@@ -11,7 +11,7 @@ project fitted and ships (`phonetic.py`).
    (silero-vad), a ridge regression from its log-mel windows to its mouth shapes (numpy closed
    form, penalty chosen by blocked cross-validation); when it has too little speech, or the
    regression does not predict its own held-out frames, loudness is mapped onto opening
-   (quiet speech: nearly closed, loud: the widest opening seen in this video) and the shipped
+   (quiet speech: nearly closed, loud: this video's wider openings, `open_percentile`) and the shipped
    phonetic model gives width and lip shape from the formants. Silence maps to the video's own
    closed mouth at its usual width.
 3. Selection (`select_frames`): for every output frame, the source frame whose mouth best fits
@@ -102,13 +102,13 @@ class WeightFreeConfig:
     pose_weight: float = 2.0  # head-pose mismatch (per pose std) against mouth-shape mismatch
     expression_weight: float = 0.0  # upper-face expression mismatch (per std), likewise (off: see README)
     smooth_frames: int = 3  # moving average on the predicted mouth shapes
-    open_smooth_frames: int = 0  # ... on the opening ones when longer (a smoother jaw; 0: the same)
+    open_smooth_frames: int = 5  # ... on the opening ones when longer: the jaw is slower than the lips
     mask_margin: float = 0.08  # mask grows this much (fraction of its size) beyond the lower face
     side_inset: float = 0.3  # jaw-side points move this far toward the mouth (fraction of the distance)
     feather: float = 0.02  # Gaussian feather of the mask, fraction of the crop side
     match_color: bool = True  # per-channel gain so the pasted skin matches the frame's
     crossfade_frames: int = 2  # at a cut the old run fades out under the new one over this many frames
-    open_percentile: float = 90.0  # the loudest speech opens the mouth like this video's frames above it
+    open_percentile: float = 75.0  # the loudest speech opens the mouth like this video's frames above it
     phonetic: bool = True  # the shipped speech -> mouth model when the video's own speech cannot be fitted
     reshape: float = 1.0  # how far the chosen mouth is warped toward the target shape (0: not at all)
     min_open_spread: float = 0.05  # the least spread (std, crop units) of the opening targets reach

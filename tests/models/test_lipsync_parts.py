@@ -77,6 +77,13 @@ def test_reshape_opens_and_widens_the_mouth_as_asked_and_nothing_outside_moves(p
     cv2.fillPoly(cavity, [np.round(moved[inner]).astype(np.int32)], 1)
     cavity = cv2.erode(cavity, np.ones((3, 3), np.uint8)).astype(bool)
     assert cavity.sum() > 20 and opened[cavity].mean() < 0.6 * image[cavity].mean()
+    # ... with the upper front teeth under the upper lip: light, the mouth's depth below them dark
+    top, bottom = moved[13], moved[14]
+    teeth_at = np.round(top + 0.06 * width * (bottom - top) / np.linalg.norm(bottom - top)).astype(int)
+    deep_at = np.round(bottom - 0.08 * width * (bottom - top) / np.linalg.norm(bottom - top)).astype(int)
+    teeth = opened[teeth_at[1] - 1:teeth_at[1] + 2, teeth_at[0] - 2:teeth_at[0] + 3].mean()
+    deep = opened[deep_at[1] - 1:deep_at[1] + 2, deep_at[0] - 2:deep_at[0] + 3].mean()
+    assert teeth > 2.5 * deep and teeth > 0.9 * image[cavity].mean(), (teeth, deep)
     # outside the held ring's box nothing changed
     lo, hi = np.floor(ring.min(axis=0)).astype(int) - 3, np.ceil(ring.max(axis=0)).astype(int) + 3
     outside = np.ones(image.shape[:2], bool)

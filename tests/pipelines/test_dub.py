@@ -404,7 +404,7 @@ def test_silence_closes_the_mouth_and_loudness_opens_it():
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(300, 7))
     valid = np.ones(300, bool)
-    model = MouthModel(bank, valid, None, 30.0, WeightFreeConfig(smooth_frames=1))
+    model = MouthModel(bank, valid, None, 30.0, WeightFreeConfig(smooth_frames=1, open_smooth_frames=1))
     rms = np.r_[np.full(10, 0.001), np.linspace(0.01, 0.3, 20)]
     vad = np.r_[np.zeros(10, bool), np.ones(20, bool)]
     shapes = model.predict(_speech(rms, vad))
