@@ -134,7 +134,7 @@ def evaluate(a: str, b: str, seconds: float, config: DubConfig, work: Path) -> d
     masks = lower_face_masks(d["landmarks"][d["index"][:n]], out.shape[1:3])
     outside = ~masks
     return {
-        "pair": f"{a}<-{b}", "fit": row.get("fit"), "frames": n,
+        "pair": f"{a}<-{b}", "fit": row.get("fit") or row.get("model"), "frames": n,
         "opening_r": finite_pearson(out_open, real_open), "width_r": finite_pearson(out_width, real_width),
         "undubbed_opening_r": finite_pearson(src_open, real_open),
         "undubbed_width_r": finite_pearson(src_width, real_width),
