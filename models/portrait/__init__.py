@@ -1,0 +1,1 @@
+"""Talking photos without weights: one portrait + speech -> frames (weightfree.py)."""
