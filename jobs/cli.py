@@ -29,6 +29,7 @@ EXIT_CODES = """exit codes (every job command):
 COMMANDS = {
     "preprocess": "facefab.jobs.commands.preprocess",
     "dub": "facefab.jobs.commands.dub",
+    "animate": "facefab.jobs.commands.animate",
     "train": "facefab.jobs.commands.train",
     "models": "facefab.jobs.commands.models",
     "run": "facefab.jobs.commands.run",

@@ -149,6 +149,22 @@ def _open_container(uri: str, storage_options: dict | None, kind: str,
 # Probing
 
 
+def read_image(uri: str, storage_options: dict | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a still image (JPEG, PNG, WebP: what OpenCV decodes), local
+    or remote; a clear MediaError when it is missing or not an image."""
+    import cv2
+
+    try:
+        with local_path(uri, storage_options) as path:
+            data = np.fromfile(path, np.uint8)
+    except (OSError, ValueError) as e:
+        raise MediaError(f"cannot read image '{uri}': {_reason(e)}") from e
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise MediaError(f"'{uri}' is not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def probe(uri: str, storage_options: dict | None = None) -> MediaInfo:
     """Stream facts of a video or audio file (decodes at most one video frame, for rotation)."""
     with _open_container(uri, storage_options, _kind(uri)) as container:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from facefab.manifests.storage import absolute_uri
-from facefab.operators.base import Operator, Resources, RunContext, stable_id
+from facefab.operators.base import Operator, Resources, RunContext
 from facefab.operators.dub import DubAnalyze, DubConfig, DubScore, LipSync, validate
 
 from .engine import PipelineRun, RunSummary, run_pipeline
@@ -42,51 +41,14 @@ def build_operators(config: DubConfig) -> list[Operator]:
     return ops
 
 
-def _check_out_names(rows: list[dict[str, Any]]) -> None:
-    seen: dict[str, str] = {}
-    for row in rows:
-        name = row.get("out_name")
-        if not name:
-            continue
-        if name.startswith("/") or ".." in name.split("/"):
-            raise ValueError(f"out_name {name!r} must be a relative name inside ROOT/outputs")
-        key = name.lower().removesuffix(".mp4")
-        if key in seen:
-            raise ValueError(f"out_name {name!r} is used by more than one input row; outputs would overwrite")
-        seen[key] = row["id"]
-
-
 def dub_inputs(manifest: str | None = None, video: str | None = None, audio: str | None = None,
                storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Input rows {id, video_uri, audio_uri, job_id, out_name, ...} from a Parquet/CSV manifest
     (columns video_uri, audio_uri, optional job_id, out_name; other columns are kept) or one pair.
     The id is stable over (video_uri, audio_uri, job_id), so reruns resume."""
-    from .inputs import read_catalog_table
+    from .inputs import pair_inputs
 
-    if manifest and (video or audio):
-        raise ValueError("give either a MANIFEST or --video/--audio, not both")
-    if manifest:
-        records = read_catalog_table(manifest, storage_options)
-        missing = {"video_uri", "audio_uri"} - set(records[0] if records else {})
-        if missing:
-            raise ValueError(f"{manifest}: a dub manifest needs the columns video_uri and audio_uri "
-                             f"(missing: {sorted(missing)})")
-    elif video and audio:
-        records = [{"video_uri": video, "audio_uri": audio}]
-    else:
-        raise ValueError("nothing to dub: give a MANIFEST, or both --video and --audio")
-    rows: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        rec = {**rec, "video_uri": absolute_uri(rec.get("video_uri")), "audio_uri": absolute_uri(rec.get("audio_uri"))}
-        if rec.get("out_name") is not None:  # a CSV column of numbers reads as integers
-            rec["out_name"] = str(rec["out_name"])
-        row_id = stable_id("dub", rec["video_uri"], rec["audio_uri"], rec.get("job_id"))
-        rows.setdefault(row_id, {**rec, "id": row_id, "job_id": rec.get("job_id") or row_id})
-    if not rows:
-        raise ValueError(f"{manifest}: the manifest has no rows")
-    out = list(rows.values())
-    _check_out_names(out)
-    return out
+    return pair_inputs("dub", manifest, {"video_uri": video, "audio_uri": audio}, storage_options)
 
 
 def run_dub(inputs: list[dict[str, Any]], config: DubConfig, ctx: RunContext, **run_options: Any) -> RunSummary:

@@ -63,3 +63,52 @@ def video_inputs(specs: list[str], storage_options: dict[str, Any] | None = None
     if not rows:
         raise ValueError(f"no input videos found in {specs}")
     return list(rows.values())
+
+
+def pair_inputs(kind: str, manifest: str | None, pair: dict[str, str | None],
+                storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Generation input rows {id, <the two URI columns>, job_id, out_name, ...} from a Parquet/CSV
+    manifest (the two columns of `pair`, optional job_id and out_name; other columns are kept), or
+    from one pair given as flags (`pair`: column -> value, e.g. {"video_uri": "v.mp4", ...}). The id
+    is stable over (both URIs, job_id), so reruns resume; out_names must be distinct and relative."""
+    columns = list(pair)
+    flags = " and ".join(f"--{c.removesuffix('_uri')}" for c in columns)
+    given = [v for v in pair.values() if v]
+    if manifest and given:
+        raise ValueError(f"give either a MANIFEST or {flags}, not both")
+    if manifest:
+        records = read_catalog_table(manifest, storage_options)
+        missing = set(columns) - set(records[0] if records else {})
+        if missing:
+            raise ValueError(f"{manifest}: a {kind} manifest needs the columns {' and '.join(columns)} "
+                             f"(missing: {sorted(missing)})")
+    elif len(given) == len(columns):
+        records = [dict(pair)]
+    else:
+        raise ValueError(f"nothing to {kind}: give a MANIFEST, or both {flags}")
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        rec = {**rec, **{c: absolute_uri(rec.get(c)) for c in columns}}
+        if rec.get("out_name") is not None:  # a CSV column of numbers reads as integers
+            rec["out_name"] = str(rec["out_name"])
+        row_id = stable_id(kind, *(rec[c] for c in columns), rec.get("job_id"))
+        rows.setdefault(row_id, {**rec, "id": row_id, "job_id": rec.get("job_id") or row_id})
+    if not rows:
+        raise ValueError(f"{manifest}: the manifest has no rows")
+    out = list(rows.values())
+    _check_out_names(out)
+    return out
+
+
+def _check_out_names(rows: list[dict[str, Any]]) -> None:
+    seen: dict[str, str] = {}
+    for row in rows:
+        name = row.get("out_name")
+        if not name:
+            continue
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"out_name {name!r} must be a relative name inside ROOT/outputs")
+        key = name.lower().removesuffix(".mp4")
+        if key in seen:
+            raise ValueError(f"out_name {name!r} is used by more than one input row; outputs would overwrite")
+        seen[key] = row["id"]

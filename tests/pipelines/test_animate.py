@@ -1,0 +1,64 @@
+"""`facefab animate` from speech with the weight-free talking photo: real portraits, real speech."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from facefab.face.mesh import largest_face_landmarks
+from facefab.face.parsing import mouth_open_ratio
+from facefab.face.scores import av_sync_score
+from facefab.jobs.cli import main
+from facefab.manifests.io import read_manifest
+from facefab.media import probe, read_audio, read_frames, write_audio
+from facefab.media.provenance import verify_file
+
+
+def test_animate_writes_a_talking_head_for_the_audio_and_fails_only_bad_rows(shared_data, tmp_path, ray_local):
+    portraits, audio = shared_data / "portraits", shared_data / "audio"
+    speech = str(tmp_path / "speech.wav")
+    write_audio(speech, read_audio(str(audio / "speech_hallo1.wav"), sample_rate=16000, end=3.0), 16000)
+    silence = str(tmp_path / "silence.wav")
+    write_audio(silence, np.zeros(16000, np.float32), 16000)
+    not_an_image = tmp_path / "portrait.jpg"
+    not_an_image.write_text("not a picture")
+    rows = [
+        {"reference_uri": str(portraits / "lp_s9.jpg"), "audio_uri": speech, "out_name": "mona"},
+        {"reference_uri": str(not_an_image), "audio_uri": speech, "out_name": "broken"},
+        {"reference_uri": str(portraits / "hallo_3.jpg"), "audio_uri": silence, "out_name": "silent"},
+        {"reference_uri": str(portraits / "hallo_3.jpg"), "audio_uri": str(tmp_path / "missing.wav"),
+         "out_name": "no_audio"},
+    ]
+    manifest = tmp_path / "jobs.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = str(tmp_path / "out")
+    args = ["animate", str(manifest), "--out", out, "--size", "256", "--no-progress", "--max-failed-fraction", "1"]
+    assert main(args) == 0
+    got = {r["out_name"]: r for r in read_manifest(out).to_pylist()}
+    assert {n: r["status"] for n, r in got.items()} == {"mona": "ok", "broken": "failed", "silent": "failed",
+                                                         "no_audio": "failed"}
+    assert "not a readable image" in got["broken"]["error"]["message"]
+    assert "nothing to animate" in got["silent"]["error"]["message"]
+    assert "not found" in got["no_audio"]["error"]["message"]
+
+    mona = got["mona"]
+    info = probe(mona["out_uri"])
+    assert (info.width, info.height, info.fps) == (256, 256, 25.0) and info.has_audio
+    assert abs(info.duration - 3.0) <= 1 / 25 + 1e-6
+    assert verify_file(mona["out_uri"]).watermark.found
+    frames = read_frames(mona["out_uri"])
+    sync, _ = av_sync_score(mouth_open_ratio(largest_face_landmarks(frames)),
+                            _envelope(read_audio(speech, sample_rate=16000), len(frames)))
+    assert sync >= 0.3, sync
+
+    stamp = os.stat(mona["out_uri"]).st_mtime_ns
+    assert main(args) == 0  # resumes: the done row is not redone
+    assert os.stat(mona["out_uri"]).st_mtime_ns == stamp
+
+
+def _envelope(audio: np.ndarray, n: int) -> np.ndarray:
+    from facefab.audio.features import frame_rms
+
+    return frame_rms(audio, 25.0, n)
