@@ -565,17 +565,23 @@ def write_synthetic_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], f
                           model: str, job_id: str | None = None,
                           payload: bytes | str = DEFAULT_PAYLOAD, audio: np.ndarray | None = None,
                           audio_rate: int = 16000, crf: int = 18,
-                          storage_options: dict | None = None, sign: bool | None = None) -> dict:
+                          storage_options: dict | None = None, sign: bool | None = None,
+                          watermark: bool = True) -> dict:
     """Write generated frames with all three provenance marks; the one call generators make.
 
     Watermarks every frame, tags the container (`synthetic_metadata`) and, when a signing
     credential is configured (FACEFAB_C2PA_CERT/KEY) and the container is mp4/mov, embeds a
     signed C2PA manifest. sign=True makes a missing credential an error, sign=False skips C2PA.
+    watermark=False (a job's --watermark false) writes the tag only: no mark, no credential.
     Returns {'uri', 'watermark_payload', 'tags', 'c2pa': 'signed' | 'skipped: <why>'}.
     """
     from . import io as media
 
     tags = synthetic_metadata(model, job_id)
+    if not watermark:
+        media.write_video(uri, frames, fps, audio=audio, audio_rate=audio_rate, crf=crf, metadata=tags,
+                          storage_options=storage_options)
+        return {"uri": uri, "watermark_payload": None, "tags": tags, "c2pa": "skipped: watermark disabled"}
     marked = (embed_watermark(frames, payload) if isinstance(frames, np.ndarray)
               else iter_embed_watermark(frames, payload))
     config = c2pa_signing_config() if sign is not False else None

@@ -21,7 +21,7 @@ from facefab.models.lipsync.speech import as_speech, speech_features
 from facefab.models.portrait.weightfree import PortraitConfig, WeightFreePortrait
 
 from .base import OperatorError, Resources, register_stage
-from .dub import FEATURE_RATE, StageTimer, output_uri, read_new_audio
+from .dub import FEATURE_RATE, StageTimer, check_speech, output_uri, read_new_audio
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
@@ -111,6 +111,8 @@ class AnimatePortrait(GeneratorOperator):
             except MediaError as e:
                 raise OperatorError(f"reference: {e}") from e
             audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
+        check_speech(audio, self.vad, c.vad_threshold, c.min_speech_seconds, f"audio '{row['audio_uri']}'",
+                     "nothing to animate")
         with timer("face"):
             faces = sorted(detect_faces(image[None], self.detector, min_face_px=c.faces.min_face_px)[0],
                            key=lambda d: -float((d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])))
@@ -127,9 +129,6 @@ class AnimatePortrait(GeneratorOperator):
         n = max(1, round(len(audio) / FEATURE_RATE * c.fps))
         with timer("audio_features"):
             arrays = speech_features(audio, c.fps, n, self.vad, c.vad_threshold)
-            if arrays["vad"].sum() < c.min_speech_seconds * c.fps:
-                raise OperatorError(f"audio '{row['audio_uri']}' has {arrays['vad'].sum() / c.fps:.2f} s of speech "
-                                    f"(at least {c.min_speech_seconds:g} s needed): nothing to animate")
             speech = as_speech({f"new_{k}": v for k, v in arrays.items()}, "new", c.fps, 8)
         plan = self.model.plan(points, speech, c.fps, image.shape[:2])
         uri = output_uri(self.ctx, row)
@@ -153,17 +152,13 @@ class AnimatePortrait(GeneratorOperator):
         return faces[index]
 
     def _write(self, uri: str, frames, audio: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import provenance, write_video
+        from facefab.media import provenance
 
-        c, job = self.config, row.get("job_id") or row["id"]
-        if c.watermark:
-            return provenance.write_synthetic_video(uri, frames, c.fps, model="weightfree-portrait", job_id=job,
-                                                    audio=audio, audio_rate=FEATURE_RATE, crf=c.crf,
-                                                    storage_options=self.ctx.storage_options)
-        write_video(uri, frames, c.fps, audio=audio, audio_rate=FEATURE_RATE, crf=c.crf,
-                    metadata=provenance.synthetic_metadata("weightfree-portrait", job),
-                    storage_options=self.ctx.storage_options)
-        return {"c2pa": "skipped: watermark disabled"}
+        c = self.config
+        return provenance.write_synthetic_video(uri, frames, c.fps, model="weightfree-portrait",
+                                                job_id=row.get("job_id") or row["id"], audio=audio,
+                                                audio_rate=FEATURE_RATE, crf=c.crf,
+                                                storage_options=self.ctx.storage_options, watermark=c.watermark)
 
 
 __all__ = ["AnimateConfig", "AnimatePortrait", "head_crop", "validate"]

@@ -130,6 +130,20 @@ class StageTimer:
         return json.dumps(merged, sort_keys=True)
 
 
+def check_speech(audio: np.ndarray, vad, threshold: float, min_seconds: float, what: str,
+                 consequence: str = "") -> None:
+    """A generator driven by speech needs words: silence, noise or a fraction of a second would be
+    marked `ok` with nothing to follow. `audio`: 16 kHz mono; `what` names it in the error."""
+    from facefab.audio.features import speech_sample_mask
+
+    speech = float(speech_sample_mask(audio, vad, threshold).sum()) / FEATURE_RATE
+    if speech < min_seconds:
+        kind = "is silent" if not np.any(np.abs(audio) > 1e-4) else "has no speech the voice detector accepts"
+        raise OperatorError(f"{what} {kind}: {speech:.2f} s of speech in {len(audio) / FEATURE_RATE:.2f} s "
+                            f"(at least {min_seconds:g} s needed, --min-speech-seconds)"
+                            + (f": {consequence}" if consequence else ""))
+
+
 def retime_index(n_source: int, n_out: int, mode: str) -> np.ndarray:
     """Source frame of each output frame. Shorter output: the first frames. Longer: ping-pong
     (0..T-1, T-2..1, 0..), loop, hold (freeze the last frame), or trim (stop at T frames)."""
@@ -268,7 +282,7 @@ class DubAnalyze(Operator):
         with timer("audio_decode"):
             new_audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
         with timer("speech_check"):
-            self._check_speech(new_audio, row["audio_uri"])
+            check_speech(new_audio, self.vad, c.vad_threshold, c.min_speech_seconds, f"new audio '{row['audio_uri']}'")
         try:
             info = probe(row["video_uri"], opts)
         except MediaError as e:
@@ -319,18 +333,6 @@ class DubAnalyze(Operator):
             return StreamedFrames(path, fps=None, start=None, end=end)
         with timer("decode"):
             return read_frames(path, end=end)
-
-    def _check_speech(self, audio: np.ndarray, uri: str) -> None:
-        """A dub needs words: silence, noise or a fraction of a second would be marked `ok` with
-        nothing to lip-sync."""
-        from facefab.audio.features import speech_sample_mask
-
-        c = self.config
-        speech = float(speech_sample_mask(audio, self.vad, c.vad_threshold).sum()) / FEATURE_RATE
-        if speech < c.min_speech_seconds:
-            what = "is silent" if not np.any(np.abs(audio) > 1e-4) else "has no speech the voice detector accepts"
-            raise OperatorError(f"new audio '{uri}' {what}: {speech:.2f} s of speech in {len(audio) / FEATURE_RATE:.2f} s "
-                                f"(at least {c.min_speech_seconds:g} s needed, --min-speech-seconds)")
 
     def _speaking_track(self, frames, uri: str, frame_wh: tuple[int, int], fps: float):
         """(track, number of tracks, seen) of the frames (an array or a stream, read once); seen:
@@ -516,16 +518,12 @@ class LipSync(GeneratorOperator):
         return audio, rate
 
     def _write(self, uri, frames, fps, audio, rate, row) -> dict[str, Any]:
-        from facefab.media import provenance, write_video
+        from facefab.media import provenance
 
-        model, job = ("weightfree" if self.weight_free else "mytalk"), row.get("job_id") or row["id"]
-        if self.config.watermark:
-            return provenance.write_synthetic_video(uri, frames, fps, model=model, job_id=job, audio=audio,
-                                                    audio_rate=rate, crf=self.config.crf,
-                                                    storage_options=self.ctx.storage_options)
-        write_video(uri, frames, fps, audio=audio, audio_rate=rate, crf=self.config.crf,
-                    metadata=provenance.synthetic_metadata(model, job), storage_options=self.ctx.storage_options)
-        return {"c2pa": "skipped: watermark disabled"}
+        return provenance.write_synthetic_video(uri, frames, fps, model="weightfree" if self.weight_free else "mytalk",
+                                                job_id=row.get("job_id") or row["id"], audio=audio, audio_rate=rate,
+                                                crf=self.config.crf, storage_options=self.ctx.storage_options,
+                                                watermark=self.config.watermark)
 
 
 class _InOrder:

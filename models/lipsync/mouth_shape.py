@@ -52,15 +52,21 @@ class MouthShapeConfig:
     # one already open has a real inside, which the warp stretches
 
 
-def _axes(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Mouth centre, unit vector corner to corner, unit vector toward the chin, mouth width."""
-    left, right = xy[MOUTH_CORNERS_OUTER[0]], xy[MOUTH_CORNERS_OUTER[1]]
+def part_axes(xy: np.ndarray, a: int, b: int, toward: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A face part's frame from its corners (mesh points a, b): centre, unit vector a to b, the
+    unit normal pointing to mesh point `toward` whatever the roll, and the corner distance."""
+    left, right = xy[a], xy[b]
     width = float(np.linalg.norm(right - left))
     u = (right - left) / max(width, 1e-6)
     v = np.array([-u[1], u[0]])
-    if np.dot(xy[152] - (left + right) / 2, v) < 0:  # point toward the chin whatever the roll
+    if np.dot(xy[toward] - (left + right) / 2, v) < 0:
         v = -v
     return (left + right) / 2, u, v, width
+
+
+def _axes(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mouth centre, unit vector corner to corner, unit vector toward the chin, mouth width."""
+    return part_axes(xy, *MOUTH_CORNERS_OUTER, 152)
 
 
 def lip_gap(xy: np.ndarray) -> float:
@@ -85,7 +91,8 @@ def moved_points(xy: np.ndarray, d_width: float, d_open: float, config: MouthSha
     return idx, p + shift
 
 
-def _box(points: np.ndarray, pad: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+def pixel_box(points: np.ndarray, pad: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) whole-pixel box around `points` grown by `pad`, inside an image of `shape`."""
     lo = np.floor(points.min(axis=0) - pad).astype(int)
     hi = np.ceil(points.max(axis=0) + pad).astype(int) + 1
     return max(lo[0], 0), max(lo[1], 0), min(hi[0], shape[1]), min(hi[1], shape[0])
@@ -141,7 +148,8 @@ def _upper_edge(inner_xy: np.ndarray, centre: np.ndarray, u: np.ndarray, v: np.n
     return along[upper][order], down[upper][order]
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    """0 below 0, 1 above 1, the cubic 3x^2 - 2x^3 between: a ramp without kinks."""
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
 
@@ -152,7 +160,7 @@ def paint_cavity(image: np.ndarray, new_xy: np.ndarray, config: MouthShapeConfig
     upper front teeth showing under the upper lip (a shaded template band, lit like the face).
     The cavity's soft edge stays inside the inner lip line, so a thin lip is not darkened."""
     outer, inner = lip_loops()
-    box = _box(new_xy[outer], 3, image.shape)
+    box = pixel_box(new_xy[outer], 3, image.shape)
     x0, y0, x1, y1 = box
     if x1 - x0 < 2 or y1 - y0 < 2:
         return image
@@ -198,10 +206,10 @@ def _teeth(new_xy: np.ndarray, inner: np.ndarray, box: tuple[int, int, int, int]
     edge_along, edge_down = _upper_edge(new_xy[inner], centre, u, v)
     below = down - np.interp(along, edge_along, edge_down)  # pixels under the upper inner lip
     side = np.abs(along) / max(width / 2, 1e-6)
-    cover = _smoothstep((depth - below) / max(0.15 * depth, 0.5)) * _smoothstep((0.8 - side) / 0.3)
-    cover *= _smoothstep(below / max(0.1 * depth, 0.5) + 1.0)
-    shade = (0.78 + 0.22 * _smoothstep(below / max(0.3 * depth, 0.5))) * (1.0 - 0.25 * side)
-    shade *= 1.0 - 0.12 * _smoothstep((below - 0.7 * depth) / max(0.3 * depth, 0.5))
+    cover = smoothstep((depth - below) / max(0.15 * depth, 0.5)) * smoothstep((0.8 - side) / 0.3)
+    cover *= smoothstep(below / max(0.1 * depth, 0.5) + 1.0)
+    shade = (0.78 + 0.22 * smoothstep(below / max(0.3 * depth, 0.5))) * (1.0 - 0.25 * side)
+    shade *= 1.0 - 0.12 * smoothstep((below - 0.7 * depth) / max(0.3 * depth, 0.5))
     level = min(float(lip_color.mean()) * config.teeth_brightness, 245.0)
     color = (level * np.array(config.teeth_tint, np.float32))[None, None, :] * shade[..., None].astype(np.float32)
     return color, cover[..., None].astype(np.float32)
@@ -229,7 +237,7 @@ def reshape_mouth(image: np.ndarray, points: np.ndarray, still: np.ndarray, d_wi
     fixed = np.concatenate([np.asarray(still, np.float64), xy[list(STILL_POINTS)]])
     sources = np.concatenate([xy[idx], fixed])
     targets = np.concatenate([moved, fixed])
-    box = _box(np.concatenate([sources, targets]), 2, image.shape)
+    box = pixel_box(np.concatenate([sources, targets]), 2, image.shape)
     out = mesh_warp(image, sources, targets, config.smooth * width, box, inside=np.asarray(still, np.float64))
     new_xy = xy.copy()
     new_xy[idx] = moved

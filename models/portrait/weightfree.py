@@ -16,6 +16,7 @@ downloaded; it reuses the dub's parts:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -23,7 +24,16 @@ import numpy as np
 from facefab.face.parsing import arc_between
 from facefab.face.smoothing import moving_average
 
-from ..lipsync.mouth_shape import MouthShapeConfig, lip_gap, mesh_warp, polygon_mask, reshape_mouth
+from ..lipsync.mouth_shape import (
+    MouthShapeConfig,
+    lip_gap,
+    mesh_warp,
+    part_axes,
+    pixel_box,
+    polygon_mask,
+    reshape_mouth,
+    smoothstep,
+)
 from ..lipsync.phonetic import PhoneticMouth, load_phonetic_mouth
 from ..lipsync.speech import Speech, loudness_openness, sounding
 from ..lipsync.weightfree import LOWER_FACE
@@ -56,6 +66,7 @@ class PortraitPlan:
     width_px: np.ndarray  # (N,) how much wider the mouth is, pixels
     blink: np.ndarray  # (N,) 0 open .. 1 closed eyes
     sway: np.ndarray  # (N, 3) roll degrees, shift x, shift y (pixels)
+    still: np.ndarray  # (K, 2) the lower-face ring the mouth warp holds still
 
 
 def blink_curve(n: int, fps: float, config: PortraitConfig, rng: np.random.Generator) -> np.ndarray:
@@ -66,8 +77,7 @@ def blink_curve(n: int, fps: float, config: PortraitConfig, rng: np.random.Gener
     t = rng.uniform(0.3, 1.0) * config.blink_every_s[0] * fps
     while t < n:
         frames = np.arange(max(0, int(t - half)), min(n, int(np.ceil(t + half)) + 1))
-        closure = np.clip((half - np.abs(frames - t)) / (0.6 * half), 0.0, 1.0)
-        out[frames] = np.maximum(out[frames], closure * closure * (3.0 - 2.0 * closure))
+        out[frames] = np.maximum(out[frames], smoothstep((half - np.abs(frames - t)) / (0.6 * half)))
         t += rng.uniform(*config.blink_every_s) * fps
     return out
 
@@ -103,19 +113,34 @@ class WeightFreePortrait:
                  + np.sin(2 * np.pi * c.sway_hz[1] * t[:, None] + phases[None, :, 1])) / 2  # (n, 3)
         side = float(min(size))
         sway = waves * np.array([c.sway_degrees, c.sway_shift * side, c.sway_shift * side])
+        ring = xy[LOWER_FACE]
+        ring = ring.mean(axis=0) + (ring - ring.mean(axis=0)) * c.mouth_ring
         return PortraitPlan(moving_average(open_px, c.open_smooth_frames), moving_average(width_px, c.smooth_frames),
-                            blink_curve(n, fps, c, rng), sway)
+                            blink_curve(n, fps, c, rng), sway, ring)
 
     def render(self, plan: PortraitPlan, t: int, image: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Frame t (H, W, 3) uint8 of the animated portrait."""
-        c = self.config
         xy = np.asarray(points, np.float64)[:, :2]
-        ring = xy[LOWER_FACE]
-        ring = ring.mean(axis=0) + (ring - ring.mean(axis=0)) * c.mouth_ring
-        out, _ = reshape_mouth(image, xy, ring, float(plan.width_px[t]), float(plan.open_px[t]), c.shape)
+        out, _ = reshape_mouth(image, xy, plan.still, float(plan.width_px[t]), float(plan.open_px[t]),
+                               self.config.shape)
         if plan.blink[t] > 0.02:
             out = close_eyes(out, xy, float(plan.blink[t]))
         return sway(out, xy, plan.sway[t])
+
+
+@lru_cache(maxsize=1)
+def eye_lids() -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Per eye of EYES: (upper lid arc, lower lid arc, the whole eye loop) mesh indices, corner to
+    corner."""
+    from facefab.face.parsing import FaceContours
+
+    loops = list(FaceContours.from_mediapipe().eyes.values())
+    lids = []
+    for outer, inner, top, bottom in EYES:
+        loop = next(lp for lp in loops if outer in lp)
+        lids.append((np.array(arc_between(loop, outer, inner, through=top)),
+                     np.array(arc_between(loop, outer, inner, through=bottom)), np.array(loop)))
+    return tuple(lids)
 
 
 def close_eyes(image: np.ndarray, xy: np.ndarray, amount: float, reach: float = 0.85) -> np.ndarray:
@@ -123,38 +148,24 @@ def close_eyes(image: np.ndarray, xy: np.ndarray, amount: float, reach: float = 
     on a ring around each eye: the lid and its lashes come down over `reach` of the eye's height
     (all the way would fold the warp onto itself), and the slit left below them is filled with
     the lash line's colour as the eye shuts."""
-    from facefab.face.parsing import FaceContours
-
-    loops = list(FaceContours.from_mediapipe().eyes.values())
     out = image
-    for outer, inner, top, bottom in EYES:
-        loop = next(lp for lp in loops if outer in lp)
-        upper = np.array(arc_between(loop, outer, inner, through=top))
-        lower = np.array(arc_between(loop, outer, inner, through=bottom))
-        left, right = xy[outer], xy[inner]
-        u = (right - left) / max(np.linalg.norm(right - left), 1e-6)
-        v = np.array([-u[1], u[0]])
-        if np.dot(xy[bottom] - xy[top], v) < 0:
-            v = -v
-        along_low = (xy[lower] - left) @ u
+    for (outer, inner, _, bottom), (upper, lower, loop) in zip(EYES, eye_lids(), strict=True):
+        centre, u, v, eye_w = part_axes(xy, outer, inner, bottom)
+        along_low = (xy[lower] - centre) @ u
         order = np.argsort(along_low)
         lid = upper[1:-1]  # the corners stay
-        along, down = (xy[lid] - left) @ u, (xy[lid] - left) @ v
-        drop = np.interp(along, along_low[order], ((xy[lower] - left) @ v)[order]) - down
+        along, down = (xy[lid] - centre) @ u, (xy[lid] - centre) @ v
+        drop = np.interp(along, along_low[order], ((xy[lower] - centre) @ v)[order]) - down
         moved = xy[lid] + v[None, :] * (amount * reach * drop)[:, None]
-        centre = xy[loop].mean(axis=0)
-        eye_w = float(np.linalg.norm(right - left))
-        ring = centre + (xy[loop] - centre) * 1.8
+        middle = xy[loop].mean(axis=0)
+        ring = middle + (xy[loop] - middle) * 1.8
         held = np.concatenate([xy[lower], ring])
-        lo, hi = ring.min(axis=0) - 0.2 * eye_w, ring.max(axis=0) + 0.2 * eye_w
-        box = (max(int(lo[0]), 0), max(int(lo[1]), 0), min(int(hi[0]) + 1, out.shape[1]),
-               min(int(hi[1]) + 1, out.shape[0]))
-        out = mesh_warp(out, np.concatenate([xy[lid], held]), np.concatenate([moved, held]), 0.04 * eye_w, box,
-                        inside=ring)
-        shut = float(np.clip((amount - 0.5) / 0.5, 0.0, 1.0))
+        out = mesh_warp(out, np.concatenate([xy[lid], held]), np.concatenate([moved, held]), 0.04 * eye_w,
+                        pixel_box(ring, 0.2 * eye_w, out.shape), inside=ring)
+        shut = (amount - 0.5) / 0.5
         if shut > 0:
             out = _fill_slit(out, np.concatenate([xy[[outer]], moved, xy[[inner]]]), xy[lower[::-1]], v,
-                             shut * shut * (3.0 - 2.0 * shut))
+                             float(smoothstep(shut)))
     return out
 
 
@@ -163,9 +174,7 @@ def _fill_slit(image: np.ndarray, lid: np.ndarray, lower: np.ndarray, down: np.n
     """The gap between the lowered lid line and the lower lid painted, `weight` of the way, in the
     colour just under the lid line (its lashes)."""
     polygon = np.concatenate([lid, lower])
-    x0, y0 = np.floor(polygon.min(axis=0) - 2).astype(int)
-    x1, y1 = np.ceil(polygon.max(axis=0) + 3).astype(int)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, image.shape[1]), min(y1, image.shape[0])
+    x0, y0, x1, y1 = pixel_box(polygon, 2, image.shape)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return image
     mask = cv2.GaussianBlur(polygon_mask(polygon, (x0, y0, x1, y1)), (0, 0), 0.7)[..., None] * weight
@@ -191,4 +200,4 @@ def sway(image: np.ndarray, xy: np.ndarray, roll_shift: np.ndarray) -> np.ndarra
                           borderMode=cv2.BORDER_REFLECT_101)
 
 
-__all__ = ["PortraitConfig", "PortraitPlan", "WeightFreePortrait", "blink_curve", "close_eyes", "sway"]
+__all__ = ["PortraitConfig", "PortraitPlan", "WeightFreePortrait", "blink_curve", "close_eyes", "eye_lids", "sway"]
