@@ -41,12 +41,8 @@ import torch
 
 from facefab.models.mytalk.config import motion_config, paper, render_config, tiny
 from facefab.models.mytalk.motion import MOTION_POINTS, MyTalkMotion, fill_missing, motion_loss, normalised_68
-from facefab.models.mytalk.pipeline import (
-    MOTION_FOLDER,
-    RENDERER_FOLDER,
-    audio_mel_windows,
-    save_pipeline_part,
-)
+from facefab.models.mytalk.pipeline import MOTION_FOLDER, RENDERER_FOLDER, save_pipeline_part
+from facefab.models.shared.speech import audio_mel_windows
 from facefab.models.mytalk.renderer import (
     MyTalkRenderer,
     feather_px,

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..shared.speech import audio_mel_windows
 from ..shared.windows import blend_windows, window_spans
 from ..weights import CheckpointError, load_model, resolve_checkpoint
 from .motion import MOTION_POINTS, MyTalkMotion, fill_missing, normalised_68, pick_frames
@@ -42,15 +43,6 @@ SAMPLE_RATE = 16000
 
 
 # -- audio features (shared with training) -------------------------------------------------------------
-
-def audio_mel_windows(audio: np.ndarray, n_frames: int, fps: float, mel_window: int) -> np.ndarray:
-    """(T, mel_window, 80) log-mel windows of 16 kHz mono audio for T video frames (AudioFeatures defaults)."""
-    from facefab.audio.features import fit_audio, frame_sample_bounds, log_mel, mel_windows
-
-    audio = fit_audio(audio, int(frame_sample_bounds(n_frames, fps)[-1]))
-    mel = log_mel(audio)
-    return mel[mel_windows(n_frames, fps, len(mel), (mel_window - 1) // 2)]
-
 
 # -- the pipeline ---------------------------------------------------------------------------------------
 

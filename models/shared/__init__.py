@@ -1,2 +1,12 @@
-"""Parts several generator families share: temporal windows with cross-faded overlaps (and, as
-the diffusion families land, reference-net attention, temporal layers, audio attention, guidance)."""
+"""Parts several generator families share, each written once:
+
+- `windows`: temporal windows with cross-faded overlaps.
+- `speech`: per-frame log-mel speech features (`audio_mel_windows`, `speech_windows`).
+- `audio_projection`: speech features -> per-frame context tokens (Hallo's AudioProjModel).
+- `reference_attention`: ReferenceNet attention injection (reference UNet -> denoiser self-attention).
+- `motion_unet`: the video denoiser (SD1.5 spatial + AnimateDiff temporal modules + audio attention).
+- `latents`: SD VAE or pixel latents.
+- `sampling`: DDIM scheduler, training targets, classifier-free guidance, windowed sampling with
+  overlap (V-Express) or motion frames (Hallo).
+- `talking`: the inference interface of the audio-driven talking-head pipelines.
+"""

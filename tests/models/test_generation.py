@@ -214,7 +214,7 @@ def test_render_system_samples_and_overfit(track):
 
 def test_pipeline_on_real_crops_changes_only_the_mouth(track, tmp_path):
     from facefab.media import read_frames
-    from facefab.models.mytalk.pipeline import audio_mel_windows
+    from facefab.models.shared.speech import audio_mel_windows
 
     out_dir = str(tmp_path / "mytalk")
     for system in (MyTalkMotionSystem(tiny=True), MyTalkRenderSystem(tiny=True)):
