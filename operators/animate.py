@@ -1,12 +1,20 @@
 """`animate` from speech: one portrait + a speech track -> a talking-head video.
 
-    reference_uri, audio_uri -> animate_portrait -> out_uri (ROOT/outputs/<name>.mp4)
+    reference_uri, audio_uri[, pose_uri] -> animate_portrait -> out_uri (ROOT/outputs/<name>.mp4)
 
-The face is found on the portrait (the largest; several faces need `face_index`), framed as a
-square head crop of `size` pixels (or the whole portrait with `paste_back`) and animated for
-exactly the audio's length at `fps`, the speech muxed in and every provenance mark written.
-Without a checkpoint the weight-free talking photo runs (`models/portrait/weightfree.py`); the
-neural systems of the registry (Hallo, V-Express, GAIA) are planned.
+The face is found on the portrait (the largest; several faces need `face_index`) and animated for
+exactly the audio's length at `fps`, the speech muxed in and every provenance mark written. The
+output is a square head crop of `size` pixels, or with `paste_back` the whole portrait.
+
+- `model="weightfree"` (what "auto" runs without a checkpoint): the weight-free talking photo
+  (`models/portrait/weightfree.py`) on the head crop or the whole portrait.
+- `model="hallo" | "v-express" | "gaia"` (or "auto" with a checkpoint, which names its pipeline in
+  model_index.json): the neural pipeline (`facefab.models.<system>`, the `TalkingPipeline`
+  interface) on the portrait's aligned crop at the model's size, framed exactly as preprocess frames
+  its training crops; the frames are resized to `size`, or pasted back through the inverse alignment.
+
+`pose_uri` (optional): a driving video or a head-pose table to follow (`pose_source`); the weight-free
+photo follows its roll and the shift its yaw/pitch cause, the neural models take it as their pose input.
 """
 
 from __future__ import annotations
@@ -25,15 +33,18 @@ from .dub import FEATURE_RATE, StageTimer, check_speech, output_uri, read_new_au
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
+from .pose_source import read_pose_series
 
-MODELS = ("auto", "weightfree")
+NEURAL = ("hallo", "v-express", "gaia")
+MODELS = ("auto", "weightfree", *NEURAL)
 
 
 @dataclass
 class AnimateConfig(GeneratorOperator.Config):
     """Settings of an animate-from-speech job."""
 
-    model: str = field(default="auto", metadata={"help": "auto | weightfree (the neural systems are planned)"})
+    model: str = field(default="auto", metadata={
+        "help": "auto (weightfree, or the pipeline a --checkpoint names) | weightfree | hallo | v-express | gaia"})
     size: int = field(default=512, metadata={"help": "side of the square head crop written"})
     head_scale: float = field(default=2.0, metadata={"help": "head crop side / the face mesh's larger extent"})
     paste_back: bool = field(default=False, metadata={"help": "write the whole portrait, not the head crop"})
@@ -45,6 +56,9 @@ class AnimateConfig(GeneratorOperator.Config):
     vad_threshold: float = 0.5
     crf: int = 18
     watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps of a diffusion model (None: its own)"})
+    guidance_scale: float | None = field(default=None, metadata={"help": "classifier-free guidance (None: the model's)"})
+    seed: int = 0
     faces: FaceTrack.Config = field(default_factory=FaceTrack.Config)
     landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
     portrait: PortraitConfig = field(default_factory=PortraitConfig)
@@ -59,6 +73,10 @@ def validate(config: AnimateConfig) -> None:
         raise ValueError(f"fps must be positive, got {config.fps}")
     if config.max_duration is not None and config.max_duration <= 0:
         raise ValueError(f"max_duration must be positive, got {config.max_duration}")
+    if config.model == "weightfree" and config.checkpoint:
+        raise ValueError("--model weightfree takes no --checkpoint")
+    if config.steps is not None and config.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
 
 
 def head_crop(points: np.ndarray, scale: float, size: int) -> np.ndarray:
@@ -80,7 +98,7 @@ class AnimatePortrait(GeneratorOperator):
     version = "1"
     model_name = ""
     inputs = ("reference_uri", "audio_uri")
-    outputs = ("out_uri", "model", "frames", "duration", "face_count", "c2pa", "stage_seconds")
+    outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "face_count", "c2pa", "stage_seconds")
     default_resources = Resources(num_cpus=0.5)
     Config = AnimateConfig
 
@@ -93,10 +111,25 @@ class AnimatePortrait(GeneratorOperator):
         self.vad = load_vad()
 
     def checkpoint_uri(self) -> str | None:
-        return None
+        if self.config.model in ("auto", "weightfree"):
+            return self.config.checkpoint if self.config.model == "auto" else None
+        from facefab.models.registry import checkpoint_for
+
+        return self.config.checkpoint or checkpoint_for(self.config.model)
 
     def load_default(self):
+        if self.config.model in NEURAL:
+            return super().load_default()
+        self.model_label = "weightfree"
         return WeightFreePortrait(self.config.portrait)
+
+    def load(self, checkpoint: str):
+        from facefab.models.weights import resolve_checkpoint
+
+        folder = resolve_checkpoint(checkpoint, self.ctx.storage_options, self.config.cache_dir)
+        name = self.config.model if self.config.model in NEURAL else pipeline_name(folder)
+        self.model_label = name
+        return pipeline_class(name).from_pretrained(folder, device=self.config.device, dtype=self.config.dtype)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         from facefab.face.detection import detect_faces
@@ -121,22 +154,57 @@ class AnimatePortrait(GeneratorOperator):
             if points is None:
                 raise OperatorError(f"reference '{row['reference_uri']}': the face mesh found no landmarks on the face")
             points = np.asarray(points, np.float64)[:, :2]
+        n = max(1, round(len(audio) / FEATURE_RATE * c.fps))
+        pose = None
+        if row.get("pose_uri"):
+            self.ctx.check_input(row["pose_uri"])
+            with timer("pose"):
+                pose = read_pose_series(row["pose_uri"], c.fps, n, self.detector, self.mesher, opts)
+        if isinstance(self.model, WeightFreePortrait):
+            frames = self._weightfree(image, points, audio, n, pose, timer)
+        else:
+            with timer("generate"):
+                frames = self._neural(image, points, audio, n, pose)
+        uri = output_uri(self.ctx, row)
+        with timer("render_encode"):
+            written = self._write(uri, frames, audio, row)
+        return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
+                "duration": round(n / c.fps, 3), "face_count": len(faces), "c2pa": written.get("c2pa"),
+                "stage_seconds": timer.merged_into(row)}
+
+    def _weightfree(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
+                    pose: np.ndarray | None, timer: StageTimer):
+        """Frames (lazily rendered) of the weight-free photo on the head crop or the whole portrait."""
+        c = self.config
         if not c.paste_back:
             affine = head_crop(points, c.head_scale, c.size)
             image = cv2.warpAffine(image, affine, (c.size, c.size), flags=cv2.INTER_AREA if affine[0, 0] < 1
                                    else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
             points = points @ affine[:, :2].T + affine[:, 2]
-        n = max(1, round(len(audio) / FEATURE_RATE * c.fps))
         with timer("audio_features"):
             arrays = speech_features(audio, c.fps, n, self.vad, c.vad_threshold)
             speech = as_speech({f"new_{k}": v for k, v in arrays.items()}, "new", c.fps, 8)
-        plan = self.model.plan(points, speech, c.fps, image.shape[:2])
-        uri = output_uri(self.ctx, row)
-        frames = (self.model.render(plan, t, image, points) for t in range(n))
-        with timer("render_encode"):
-            written = self._write(uri, frames, audio, row)
-        return {"out_uri": uri, "model": "weightfree", "frames": n, "duration": round(n / c.fps, 3),
-                "face_count": len(faces), "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+        plan = self.model.plan(points, speech, c.fps, image.shape[:2], pose=pose)
+        return (self.model.render(plan, t, image, points) for t in range(n))
+
+    def _neural(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
+                pose: np.ndarray | None) -> np.ndarray:
+        """The pipeline's frames on the aligned crop, resized to `size` or pasted into the portrait."""
+        from facefab.face.alignment import paste_back, similarity_from_landmarks, warp_to_crop
+
+        c, side = self.config, self.model.size
+        affine = similarity_from_landmarks(points, side)
+        crop = warp_to_crop(image, affine, side)
+        crop_points = (points @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
+        frames = self.model(crop, crop_points, audio.astype(np.float32), c.fps, n, pose=pose, steps=c.steps,
+                            guidance_scale=c.guidance_scale, seed=c.seed)
+        if len(frames) != n:
+            raise OperatorError(f"{self.model_label} returned {len(frames)} frames for {n}")
+        if c.paste_back:
+            inverse = cv2.invertAffineTransform(affine)
+            return (paste_back(image, frame, inverse) for frame in frames)
+        interpolation = cv2.INTER_AREA if side > c.size else cv2.INTER_CUBIC
+        return (cv2.resize(frame, (c.size, c.size), interpolation=interpolation) for frame in frames)
 
     def _pick(self, faces: list, uri: str):
         index = self.config.face_index
@@ -155,10 +223,41 @@ class AnimatePortrait(GeneratorOperator):
         from facefab.media import provenance
 
         c = self.config
-        return provenance.write_synthetic_video(uri, frames, c.fps, model="weightfree-portrait",
+        model = "weightfree-portrait" if self.model_label == "weightfree" else self.model_label
+        return provenance.write_synthetic_video(uri, frames, c.fps, model=model,
                                                 job_id=row.get("job_id") or row["id"], audio=audio,
                                                 audio_rate=FEATURE_RATE, crf=c.crf,
                                                 storage_options=self.ctx.storage_options, watermark=c.watermark)
 
 
-__all__ = ["AnimateConfig", "AnimatePortrait", "head_crop", "validate"]
+def pipeline_class(name: str):
+    """The TalkingPipeline class of a neural system (the registry's `model` of `name`)."""
+    import importlib
+
+    from facefab.models.registry import get
+
+    spec = get(name)
+    if not spec.model:
+        raise ValueError(f"{spec.title} has no pipeline")
+    module, cls = spec.model.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def pipeline_name(folder_or_uri: str, storage_options: dict | None = None) -> str:
+    """Which neural system a checkpoint folder holds: the `_class_name` of its model_index.json."""
+    import json
+
+    from facefab.manifests.storage import join_uri, read_bytes
+
+    try:
+        index = json.loads(read_bytes(join_uri(folder_or_uri, "model_index.json"), storage_options))
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {folder_or_uri} has no model_index.json: name its system with --model "
+                         f"({' | '.join(NEURAL)})") from None
+    for name in NEURAL:
+        if pipeline_class(name).__name__ == index.get("_class_name"):
+            return name
+    raise ValueError(f"checkpoint {folder_or_uri} holds a {index.get('_class_name')!r}, not one of {NEURAL}")
+
+
+__all__ = ["NEURAL", "AnimateConfig", "AnimatePortrait", "head_crop", "pipeline_class", "pipeline_name", "validate"]

@@ -10,7 +10,8 @@ downloaded; it reuses the dub's parts:
 2. Eyes: blinks at random but natural intervals (seeded: the same inputs give the same frames),
    the upper lid pulled down over the eye by a mesh warp held still around the eye.
 3. Head: a slow sway (sum of two low-frequency sines: a degree or so of roll and a percent of
-   shift), applied to the whole picture last.
+   shift), applied to the whole picture last; or, given a head-pose series (a driving video's), its
+   roll and the shift its yaw and pitch cause (`follow_pose`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,11 @@ class WeightFreePortrait:
         self.config = config or PortraitConfig()
         self._phonetic: PhoneticMouth | None = load_phonetic_mouth() if self.config.phonetic else None
 
-    def plan(self, points: np.ndarray, speech: Speech, fps: float, size: tuple[int, int]) -> PortraitPlan:
+    def plan(self, points: np.ndarray, speech: Speech, fps: float, size: tuple[int, int],
+             pose: np.ndarray | None = None) -> PortraitPlan:
         """points: (478, >=2) the portrait's landmarks in its pixels; speech: per output frame;
-        size: (height, width) of the portrait."""
+        size: (height, width) of the portrait; pose: (N, 3) yaw, pitch, roll degrees per output frame,
+        relative to the portrait's own pose, to follow instead of the sway (see `follow_pose`)."""
         c = self.config
         xy = np.asarray(points, np.float64)[:, :2]
         width = float(np.linalg.norm(xy[61] - xy[291]))
@@ -113,6 +116,8 @@ class WeightFreePortrait:
                  + np.sin(2 * np.pi * c.sway_hz[1] * t[:, None] + phases[None, :, 1])) / 2  # (n, 3)
         side = float(min(size))
         sway = waves * np.array([c.sway_degrees, c.sway_shift * side, c.sway_shift * side])
+        if pose is not None:
+            sway = follow_pose(pose, xy, n)
         ring = xy[LOWER_FACE]
         ring = ring.mean(axis=0) + (ring - ring.mean(axis=0)) * c.mouth_ring
         return PortraitPlan(moving_average(open_px, c.open_smooth_frames), moving_average(width_px, c.smooth_frames),
@@ -188,6 +193,19 @@ def _fill_slit(image: np.ndarray, lid: np.ndarray, lower: np.ndarray, down: np.n
     return out
 
 
+def follow_pose(pose: np.ndarray, xy: np.ndarray, n: int, max_degrees: float = 30.0) -> np.ndarray:
+    """(n, 3) sway parameters (image rotation degrees, dx, dy) that follow a head-pose series
+    (yaw, pitch, roll degrees relative to the portrait): the roll exactly, yaw and pitch as the shift of
+    the face they cause (a photo warp cannot turn a head: half the face size times their sine)."""
+    pose = np.clip(np.asarray(pose, np.float64)[:n, :3], -max_degrees, max_degrees)
+    if len(pose) != n:
+        raise ValueError(f"pose has {len(pose)} frames for {n} output frames")
+    extent = xy.max(axis=0) - xy.min(axis=0)
+    yaw, pitch, roll = np.radians(pose[:, 0]), np.radians(pose[:, 1]), pose[:, 2]
+    # roll > 0 is clockwise in the image; OpenCV's positive angle is counter-clockwise
+    return np.stack([-roll, 0.5 * extent[0] * np.sin(yaw), -0.5 * extent[1] * np.sin(pitch)], axis=1)
+
+
 def sway(image: np.ndarray, xy: np.ndarray, roll_shift: np.ndarray) -> np.ndarray:
     """The picture rolled about the face centre and shifted (degrees, dx, dy); borders reflected."""
     roll, dx, dy = (float(v) for v in roll_shift)
@@ -200,4 +218,5 @@ def sway(image: np.ndarray, xy: np.ndarray, roll_shift: np.ndarray) -> np.ndarra
                           borderMode=cv2.BORDER_REFLECT_101)
 
 
-__all__ = ["PortraitConfig", "PortraitPlan", "WeightFreePortrait", "blink_curve", "close_eyes", "eye_lids", "sway"]
+__all__ = ["PortraitConfig", "PortraitPlan", "WeightFreePortrait", "blink_curve", "close_eyes", "eye_lids",
+           "follow_pose", "sway"]

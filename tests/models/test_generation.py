@@ -256,34 +256,53 @@ def _implemented_generators() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _implemented_generators())
-def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_pair, tmp_path, monkeypatch):
+def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_pair, shared_data, tmp_path,
+                                                                     monkeypatch):
     """Every registered generator (and the weight-free default) runs through its task's pipeline on a
     short real clip, and what it writes carries the container tag and the invisible watermark."""
     from facefab.media import read_frames, read_metadata
     from facefab.media.provenance import detect_watermark, read_tag
     from facefab.models import registry
     from facefab.operators.base import RunContext
-    from facefab.pipelines import dub
+    from facefab.pipelines import animate, dub
     from facefab.pipelines.engine import run_local
 
-    monkeypatch.delenv("FACEFAB_CHECKPOINT_MYTALK", raising=False)
-    checkpoint = None
+    monkeypatch.delenv(registry.env_var(name) if name != "weightfree" else "FACEFAB_CHECKPOINT_MYTALK", raising=False)
+    checkpoint, task = None, "dub"
     if name != "weightfree":
         spec = registry.get(name)
-        assert spec.task == "dub", f"add {spec.task}'s pipeline to this test"
-        assert registry.load_operator(name) is dub.LipSync
-        checkpoint = str(tmp_path / "ckpt")
-        for system in (MyTalkMotionSystem(tiny=True), MyTalkRenderSystem(tiny=True)):
-            system.export(system.build_model(system.default_config()), checkpoint)
-    config = dub.DubConfig(model=name, checkpoint=checkpoint, score=False, device="cpu")
-    video, audio = short_pair
-    (row,) = run_local(dub.build_operators(config), dub.dub_inputs(video=video, audio=audio),
-                       RunContext(str(tmp_path / "out")))
+        task = spec.task
+        assert task in ("dub", "animate"), f"add {spec.task}'s pipeline to this test"
+        checkpoint = _untrained_checkpoint(spec, str(tmp_path / "ckpt"))
+    if task == "dub":
+        config = dub.DubConfig(model=name, checkpoint=checkpoint, score=False, device="cpu")
+        video, audio = short_pair
+        ops, inputs = dub.build_operators(config), dub.dub_inputs(video=video, audio=audio)
+    else:
+        config = animate.AnimateConfig(model=name, checkpoint=checkpoint, device="cpu", size=128, steps=2,
+                                       max_duration=1.0, min_speech_seconds=0.1)
+        ops = animate.build_operators(config)
+        inputs = animate.animate_inputs(reference=str(shared_data / "portraits" / "hallo_3.jpg"), audio=short_pair[1])
+    if name != "weightfree":
+        assert any(type(op) is registry.load_operator(name) for op in ops)
+    (row,) = run_local(ops, inputs, RunContext(str(tmp_path / "out")))
     assert row["status"] == "ok", row["error"]
     assert row["model"] == name
     tag = read_tag(read_metadata(row["out_uri"]))
     assert tag is not None and tag["facefab:model"] == name
     assert detect_watermark(read_frames(row["out_uri"])[:30]).found
+
+
+def _untrained_checkpoint(spec, folder: str) -> str:
+    """A loadable checkpoint of `spec` at the tiny preset, untrained: every training stage's export."""
+    from facefab.training.catalog import load_system, stages_of
+
+    for stage in stages_of(spec.trainable[0]):
+        system = load_system(stage)
+        config = {**system.default_config(), **system.presets.get("tiny", {})}
+        system.configure(config)
+        system.export(system.build_model(config), folder)
+    return folder
 
 
 # -- registry and `facefab models` ----------------------------------------------------------------------------
@@ -294,7 +313,7 @@ def test_registry_and_models_command(monkeypatch, capsys):
 
     assert len(registry.GENERATORS) == 10
     assert {s.task for s in registry.GENERATORS.values()} == set(registry.TASKS)
-    assert registry.get("mytalk").status == "implemented" and registry.get("hallo").status == "planned"
+    assert registry.get("mytalk").status == "implemented" and registry.get("beautyrec").status == "planned"
     assert registry.load_operator("mytalk").__name__ == "LipSync"
     monkeypatch.delenv("FACEFAB_CHECKPOINT_MYTALK", raising=False)
     assert not registry.checkpoint_configured("mytalk")
