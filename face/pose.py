@@ -41,6 +41,16 @@ def euler_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
     return float(-np.degrees(about_y)), float(-np.degrees(about_x)), float(np.degrees(about_z))
 
 
+def euler_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The model->camera rotation whose `face.pose.euler_degrees` are (yaw, pitch, roll):
+    R = Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+    y, p, r = np.radians([-yaw, -pitch, roll])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
 def head_pose(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
     """[yaw, pitch, roll, tx, ty, tz] for one frame's (478, 2|3) landmarks in pixels."""
     image_points = np.asarray(landmarks, np.float64)[RIGID_INDICES, :2]

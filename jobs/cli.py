@@ -31,6 +31,7 @@ COMMANDS = {
     "dub": "facefab.jobs.commands.dub",
     "animate": "facefab.jobs.commands.animate",
     "train": "facefab.jobs.commands.train",
+    "convert": "facefab.jobs.commands.convert",
     "models": "facefab.jobs.commands.models",
     "run": "facefab.jobs.commands.run",
     "verify": "facefab.jobs.commands.verify",
@@ -70,6 +71,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-seconds", type=float, default=10.0, metavar="S",
                         help="commit finished rows to the manifest at least this often (default 10)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    parser.add_argument("--gpus", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the stages that use GPUs on GPUs (default: locally when this machine has GPUs; "
+                             "on a cluster only with --gpus, which makes its autoscaler add GPU nodes)")
 
 
 def _fraction(text: str) -> float:
@@ -83,7 +87,7 @@ def run_options(args: argparse.Namespace) -> dict:
     """The PipelineRun options every job command takes from its flags."""
     return {"resume": args.resume, "max_attempts": args.max_attempts, "limit": args.limit,
             "progress": args.progress, "max_failed_fraction": args.max_failed_fraction,
-            "commit_seconds": args.commit_seconds}
+            "commit_seconds": args.commit_seconds, "gpus": args.gpus}
 
 
 def report_run(summary, outputs: str | None = None, max_errors: int = 10) -> int:

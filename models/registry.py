@@ -33,6 +33,7 @@ class GeneratorSpec:
     operator: str | None = None  # "module:Class" once implemented
     model: str | None = None  # "module:Class" of the loadable model/pipeline
     trainable: tuple[str, ...] = ()  # TrainableSystem names (facefab train)
+    converter: str | None = None  # "module:function" turning a released checkpoint into our folder
 
     @property
     def status(self) -> str:
@@ -47,6 +48,8 @@ class GeneratorSpec:
 
 
 GENERATORS: Registry[GeneratorSpec] = Registry("generator")
+_ANIMATE = "facefab.operators.animate:AnimatePortrait"
+_TALKING_PHOTO = "talking photo (facefab animate --model weightfree)"
 
 for _spec in [
     GeneratorSpec("beautyrec", "BeautyREC", "makeup", ("video_uri", "reference_uri"),
@@ -56,7 +59,10 @@ for _spec in [
     GeneratorSpec("gaia", "GAIA", "animate", ("reference_uri", "audio_uri"),
                   "talking avatar from one portrait and speech (motion/appearance disentangled)"),
     GeneratorSpec("v-express", "V-Express", "animate", ("reference_uri", "audio_uri"),
-                  "talking portrait from one image and speech, optional pose video"),
+                  "talking portrait from one image and speech, optional pose video",
+                  weight_free_default=_TALKING_PHOTO, operator=_ANIMATE,
+                  model="facefab.models.v_express:VExpressPipeline", trainable=("v-express",),
+                  converter="facefab.models.v_express.convert:convert"),
     GeneratorSpec("megactor", "MegActor", "animate", ("reference_uri", "video_uri"),
                   "portrait animation from a raw driving video"),
     GeneratorSpec("face-adapter", "Face-Adapter", "swap", ("reference_uri", "video_uri"),

@@ -254,10 +254,14 @@ def pipeline_name(folder_or_uri: str, storage_options: dict | None = None) -> st
     except FileNotFoundError:
         raise ValueError(f"checkpoint {folder_or_uri} has no model_index.json: name its system with --model "
                          f"({' | '.join(NEURAL)})") from None
+    from facefab.models.registry import get
+
     for name in NEURAL:
-        if pipeline_class(name).__name__ == index.get("_class_name"):
+        spec = get(name)
+        if spec.model and spec.model.split(":")[1] == index.get("_class_name"):
             return name
-    raise ValueError(f"checkpoint {folder_or_uri} holds a {index.get('_class_name')!r}, not one of {NEURAL}")
+    raise ValueError(f"checkpoint {folder_or_uri} holds a {index.get('_class_name')!r}, not a pipeline of "
+                     f"{[n for n in NEURAL if get(n).model]}")
 
 
 __all__ = ["NEURAL", "AnimateConfig", "AnimatePortrait", "head_crop", "pipeline_class", "pipeline_name", "validate"]

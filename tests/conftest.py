@@ -112,3 +112,24 @@ def ray_local():
     init_ray(progress=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def talking_root(tmp_path_factory, ray_local) -> str:
+    """`facefab preprocess` over 3 s cuts (with their audio) of two talking heads of the bundled
+    media: a manifest root with two ok face tracks (aligned crops, landmarks, pose, parsing masks,
+    audio features). Built once per session for the audio-driven systems (Hallo, V-Express, GAIA)."""
+    from facefab.jobs.cli import main
+    from facefab.manifests import read_manifest
+    from facefab.media import probe, read_audio, read_frames, write_video
+
+    clips = tmp_path_factory.mktemp("talking_clips")
+    for name in ("drive_d6", "drive_d10"):
+        src = str(SHARED / "videos" / f"{name}.mp4")
+        write_video(str(clips / f"{name}.mp4"), read_frames(src, start=0.0, end=3.0), probe(src).fps,
+                    audio=read_audio(src, start=0.0, end=3.0), audio_rate=16000)
+    root = str(tmp_path_factory.mktemp("talking_data") / "root")
+    assert main(["preprocess", str(clips), "--out", root, "--no-progress"]) == 0
+    rows = read_manifest(root).to_pylist()
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"], [r.get("error") for r in rows]
+    return root

@@ -13,7 +13,7 @@ from .systems import PIPELINES, SYSTEMS, TrainingSystem
 
 def load_systems() -> Registry[type[TrainingSystem]]:
     """SYSTEMS with every system of facefab registered."""
-    from . import facevid2vid, mytalk  # noqa: F401 -- registered on import
+    from . import facevid2vid, mytalk, v_express  # noqa: F401 -- registered on import
 
     return SYSTEMS
 
@@ -44,3 +44,16 @@ def trainable_names() -> list[str]:
     """Every name `facefab train` accepts: pipelines, then single systems."""
     load_systems()
     return [*PIPELINES.names(), *SYSTEMS.names()]
+
+
+def export_untrained(name: str, folder: str, preset: str = "tiny") -> str:
+    """A loadable but untrained checkpoint of `facefab train name` at `preset`: every stage's export,
+    merged into the local `folder` (benchmarks and plumbing tests of the load/generate path)."""
+    for stage in stages_of(name):
+        system = load_system(stage)
+        if preset not in system.presets and preset != "paper":
+            raise ValueError(f"{stage} has no preset {preset!r}; it has {sorted(system.presets)}")
+        config = {**system.default_config(), **system.presets.get(preset, {})}
+        system.configure(config)
+        system.export(system.build_model(config), folder)
+    return folder

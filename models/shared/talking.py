@@ -25,7 +25,8 @@ class TalkingPipeline(Protocol):
                  seed: int = 0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """reference (S,S,3) uint8 RGB: an aligned face crop framed as the preprocess `align` stage frames
         crop_uri (FFHQ framing), S == size; points (478,2) its MediaPipe mesh in crop pixels; audio float32
-        mono 16 kHz; pose (num_frames,3) yaw/pitch/roll degrees to follow, or None (the model's own motion).
+        mono 16 kHz; pose (num_frames,3) yaw/pitch/roll degrees to follow, as offsets from the reference's
+        own pose (0: as in the portrait), or None (the model's own motion).
         Returns (num_frames,S,S,3) uint8 RGB frames."""
         ...
 

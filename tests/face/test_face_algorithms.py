@@ -187,3 +187,10 @@ def test_landmark_jitter_grows_with_noise_and_ignores_smooth_motion():
     shaky[..., :2] += np.random.default_rng(5).normal(0, 2.0, shaky[..., :2].shape)
     assert still == pytest.approx(0.0, abs=1e-12)
     assert landmark_jitter(shaky, affine, 512) > 0.002
+
+
+def test_euler_rotation_inverts_euler_degrees():
+    from facefab.face.pose import euler_degrees, euler_rotation
+
+    for angles in [(0.0, 0.0, 0.0), (20.0, -10.0, 5.0), (-35.0, 15.0, -12.0)]:
+        assert np.allclose(euler_degrees(euler_rotation(*angles)), angles, atol=1e-9)

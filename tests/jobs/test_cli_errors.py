@@ -32,3 +32,18 @@ def test_other_os_errors_are_still_crashes(tmp_path, capsys):
     assert _run_command(_args(run, tmp_path)) == 1
     err = capsys.readouterr().err
     assert "crashed: OSError" in err and "is full" not in err
+
+
+def test_convert_and_animate_usage_errors_exit_2_before_any_work(tmp_path, capsys, monkeypatch):
+    from facefab.jobs.cli import main
+
+    monkeypatch.delenv("FACEFAB_CHECKPOINT_V_EXPRESS", raising=False)
+    assert main(["convert", "beautyrec", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "has no converter" in capsys.readouterr().err
+    assert main(["convert", "v-express", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    portrait = str(tmp_path / "p.jpg")
+    assert main(["animate", "--reference", portrait, "--audio", portrait, "--model", "v-express",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "needs weights" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

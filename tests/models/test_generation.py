@@ -14,6 +14,7 @@ import torch
 from facefab.models.mytalk import MyTalkMotion, MyTalkPipeline, MyTalkRenderer, tiny
 from facefab.models.shared.windows import blend_windows, window_spans
 from facefab.models.weights import CheckpointError, load_model, resolve_checkpoint
+from facefab.training.catalog import export_untrained
 from facefab.training.mytalk import MyTalkMotionSystem, MyTalkRenderSystem
 
 S = 128  # crop side of the test "aligned" crops
@@ -273,13 +274,13 @@ def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_
         spec = registry.get(name)
         task = spec.task
         assert task in ("dub", "animate"), f"add {spec.task}'s pipeline to this test"
-        checkpoint = _untrained_checkpoint(spec, str(tmp_path / "ckpt"))
+        checkpoint = export_untrained(spec.trainable[0], str(tmp_path / "ckpt"))
     if task == "dub":
         config = dub.DubConfig(model=name, checkpoint=checkpoint, score=False, device="cpu")
         video, audio = short_pair
         ops, inputs = dub.build_operators(config), dub.dub_inputs(video=video, audio=audio)
     else:
-        config = animate.AnimateConfig(model=name, checkpoint=checkpoint, device="cpu", size=128, steps=2,
+        config = animate.AnimateConfig(model=name, checkpoint=checkpoint, device="cpu", size=256, steps=2,
                                        max_duration=1.0, min_speech_seconds=0.1)
         ops = animate.build_operators(config)
         inputs = animate.animate_inputs(reference=str(shared_data / "portraits" / "hallo_3.jpg"), audio=short_pair[1])
@@ -291,18 +292,6 @@ def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_
     tag = read_tag(read_metadata(row["out_uri"]))
     assert tag is not None and tag["facefab:model"] == name
     assert detect_watermark(read_frames(row["out_uri"])[:30]).found
-
-
-def _untrained_checkpoint(spec, folder: str) -> str:
-    """A loadable checkpoint of `spec` at the tiny preset, untrained: every training stage's export."""
-    from facefab.training.catalog import load_system, stages_of
-
-    for stage in stages_of(spec.trainable[0]):
-        system = load_system(stage)
-        config = {**system.default_config(), **system.presets.get("tiny", {})}
-        system.configure(config)
-        system.export(system.build_model(config), folder)
-    return folder
 
 
 # -- registry and `facefab models` ----------------------------------------------------------------------------
