@@ -1,0 +1,156 @@
+"""The released Hallo checkpoint (huggingface fudan-generative-ai/hallo: pretrained_models/hallo/net.pth,
+next to sd-vae-ft-mse/ and wav2vec/wav2vec2-base-960h/) -> a facefab Hallo pipeline folder
+(`facefab convert hallo`).
+
+net.pth is a pickle of the official `Net` state dict: it is read with torch.load(weights_only=True)
+(tensors only, no code) and written as safetensors. Its keys are `<part>.<name>` with the official part
+names, which facefab's HalloNet keeps (reference_unet, denoising_unet, face_locator, imageproj,
+audioproj). Key by key:
+
+- reference_unet, face_locator, imageproj, audioproj: the same names as facefab's modules.
+- denoising_unet, spatial layers (resnets, attentions, samplers, conv_in/out, time embedding): the same
+  names (the official InflatedConv3d / InflatedGroupNorm / Transformer3DModel keep diffusers' names).
+- denoising_unet, motion modules: AnimateDiff names -> diffusers' (shared with V-Express' converter:
+  `temporal_transformer.` dropped, attention_blocks.0/1 -> attn1/2, norms.0/1 -> norm1/2, ff_norm -> norm3,
+  each attention block's `pos_encoder.pe` -> the block's `pos_embed.pe`, the same sinusoid).
+- denoising_unet, audio modules: NOT placed. The official audio module is a Transformer3DModel whose
+  block has a self-attention, three region cross-attentions (attn2_0/1/2: full, face, lip) each behind a
+  zero conv, and a feed-forward; facefab's shared AudioAttention is one cross-attention with a learned
+  scale per region mask. Every official `audio_modules.` tensor is reported as unmapped and facefab's
+  audio modules keep their fresh (zero-output) initialisation: a converted model animates the reference
+  but is not driven by the speech until its stage 2 is trained (`facefab train hallo --stage stage2
+  --system-options '{"init": DST}'`).
+- sd-vae-ft-mse/ -> vae/, wav2vec2-base-960h/ -> audio_encoder/ (as Wav2Vec2Model), when found.
+
+The config is `config.official()`: the paper sizes with wav2vec2 speech features. Every official tensor
+that is not placed (unknown name, other shape, audio modules) is listed in the report, and every
+facefab tensor no official one filled keeps its fresh initialisation and is listed too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..v_express.convert import _wav2vec2_key, _weights_to_safetensors, official_to_facefab
+from .config import check, official
+from .net import PART_CLASSES, build_parts
+from .pipeline import AUDIO_ENCODER_FOLDER, CONFIG_FILE, VAE_FOLDER, write_index
+
+log = logging.getLogger(__name__)
+
+NET_FILE = "net.pth"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def official_name(part: str, key: str) -> str | None:
+    """The facefab name of an official `part` parameter, or None for one facefab does not place."""
+    if part == "denoising_unet" and ".audio_modules." in f".{key}":
+        return None
+    return official_to_facefab("denoising_unet", key) if part == "denoising_unet" else key
+
+
+def _find_net(src: str) -> str:
+    """net.pth: src itself, or in src, src/hallo or src/pretrained_models/hallo."""
+    if os.path.isfile(src):
+        return src
+    for folder in (src, os.path.join(src, "hallo"), os.path.join(src, "pretrained_models", "hallo")):
+        if os.path.isfile(os.path.join(folder, NET_FILE)):
+            return os.path.join(folder, NET_FILE)
+    raise FileNotFoundError(f"{src}: no {NET_FILE} there or in hallo/, pretrained_models/hallo/ "
+                            "(the layout of huggingface fudan-generative-ai/hallo)")
+
+
+def _load_pickle(path: str) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _empty_parts(config: dict) -> dict[str, torch.nn.Module]:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return build_parts(config)
+
+
+def _write_part(folder: str, module, state: dict[str, torch.Tensor]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    module.save_config(folder)
+    save_file(state, os.path.join(folder, WEIGHTS_NAME))
+
+
+def _copy_extras(net_path: str, dst: str) -> dict[str, bool]:
+    """vae/ from sd-vae-ft-mse/, audio_encoder/ from wav2vec2-base-960h/ (or wav2vec/wav2vec2-base-960h/),
+    looked for next to net.pth and one folder up (pretrained_models/)."""
+    here = os.path.dirname(os.path.abspath(net_path))
+    found = {VAE_FOLDER: False, AUDIO_ENCODER_FOLDER: False}
+    for base in (here, os.path.dirname(here)):
+        vae = os.path.join(base, "sd-vae-ft-mse")
+        if not found[VAE_FOLDER] and os.path.isfile(os.path.join(vae, "config.json")):
+            found[VAE_FOLDER] = _weights_to_safetensors(vae, os.path.join(dst, VAE_FOLDER),
+                                                        (WEIGHTS_NAME, "diffusion_pytorch_model.bin"), WEIGHTS_NAME)
+        for w2v in (os.path.join(base, "wav2vec2-base-960h"), os.path.join(base, "wav2vec", "wav2vec2-base-960h")):
+            if not found[AUDIO_ENCODER_FOLDER] and os.path.isfile(os.path.join(w2v, "config.json")):
+                found[AUDIO_ENCODER_FOLDER] = _weights_to_safetensors(
+                    w2v, os.path.join(dst, AUDIO_ENCODER_FOLDER), ("model.safetensors", "pytorch_model.bin"),
+                    "model.safetensors", _wav2vec2_key)
+    return found
+
+
+def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
+    """Write the facefab pipeline folder `dst` from the official checkpoint at `src` (see the module
+    docstring); `config` defaults to `config.official()` (the released sizes). Returns the report:
+    mapped (count of facefab tensors filled), unmapped (official tensors not placed), missing (facefab
+    tensors left fresh, per part), extras (vae/, audio_encoder/ found)."""
+    config = check(config or official())
+    net_path = _find_net(src)
+    official_state = _load_pickle(net_path)
+    empty = _empty_parts(config)
+    by_part: dict[str, dict[str, torch.Tensor]] = {part: {} for part in PART_CLASSES}
+    unmapped: list[str] = []
+    for key, tensor in official_state.items():
+        part, _, rest = key.partition(".")
+        if part in by_part and torch.is_tensor(tensor):
+            by_part[part][rest] = tensor
+        else:
+            unmapped.append(key)
+
+    mapped, missing = 0, {}
+    os.makedirs(dst, exist_ok=True)
+    for part, module in empty.items():
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        state: dict[str, torch.Tensor] = {}
+        for key, tensor in by_part[part].items():
+            ours = official_name(part, key)
+            if ours in expected and expected[ours] == tuple(tensor.shape):
+                state[ours] = tensor.detach().to(torch.float32).contiguous()
+            else:
+                unmapped.append(f"{part}.{key}")
+        absent = sorted(set(expected) - set(state))
+        if absent:
+            fresh = build_parts(config, only=(part,))[part].state_dict()
+            state.update({k: fresh[k].contiguous() for k in absent})
+            missing[part] = absent
+        mapped += len(expected) - len(absent)
+        _write_part(os.path.join(dst, part), module, state)
+    with open(os.path.join(dst, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    write_index(dst, PART_CLASSES)
+    extras = _copy_extras(net_path, dst)
+    if unmapped:
+        log.warning("hallo convert: %d official tensors not placed (e.g. %s)", len(unmapped), unmapped[:3])
+    for part, keys in missing.items():
+        log.warning("hallo convert: %d %s tensors had no official value and stay fresh (e.g. %s)", len(keys), part,
+                    keys[:3])
+    for folder, ok in extras.items():
+        if not ok:
+            log.warning("hallo convert: no %s source next to %s; add %s/ before loading", folder, net_path, folder)
+    return {"mapped": mapped, "unmapped": unmapped, "missing": missing, "extras": extras, "dst": dst}
+
+
+__all__ = ["convert", "official_name"]
