@@ -9,7 +9,7 @@
     out: s3://${FACEFAB_BUCKET}/datasets/catalog-2026-q3   # required
     storage_options: {...}           # optional: fsspec options (--storage-options); default: environment
     options:                         # optional run flags
-      resume: true                   #   preprocess, dub: resume, max_attempts, limit, progress
+      resume: true                   #   preprocess, dub: resume, max_attempts, limit, progress, gpus
       max_attempts: 3                #   train: workers, gpus_per_worker, max_steps, deepspeed, progress
       progress: false
     config:                          # optional: fields of the subcommand's config dataclass
@@ -68,6 +68,7 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "progress": (bool, "--progress"),
     "max_failed_fraction": (float, "--max-failed-fraction"),
     "commit_seconds": (float, "--commit-seconds"),
+    "gpus": (bool, "--gpus"),
 }
 _TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "workers": (int, "--workers"),

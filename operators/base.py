@@ -38,14 +38,21 @@ class Filtered(Exception):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of an operator needs. Fractional CPUs keep small machines from starving
-    the read tasks; `num_gpus` is only requested when the cluster has GPUs."""
+    """What one worker of an operator needs, as a worker on a real node needs it, and how many
+    workers a stateful operator's actor pool has (see facefab.pipelines.pools).
+
+    On a cluster every worker asks for `num_cpus` (and `num_gpus` when the run uses GPUs) and a
+    pool grows with the load from `min_pool_size` to `max_pool_size` actors (0: as long as the
+    cluster has or can add room). A local run has a fixed pool of `pool_size` actors, at most one
+    per CPU share of the machine (0: one per share), with CPUs scaled down so that the pools cannot
+    starve the tasks on a small machine."""
 
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     batch_size: int = 1
-    pool_size: int = 1  # actors in the pool (upper bound when autoscaling); 0: one per cluster CPU share
+    pool_size: int = 1
     min_pool_size: int = 1
+    max_pool_size: int = 0
     memory_bytes: int | None = None
 
 

@@ -27,7 +27,7 @@ class GeneratorOperator(Operator):
 
     stateful = True
     model_name: ClassVar[str] = ""
-    default_resources = Resources(num_cpus=0.5, num_gpus=1.0)  # GPUs only requested when the cluster has them
+    default_resources = Resources(num_cpus=0.5, num_gpus=1.0)  # GPUs only requested when the run uses GPUs
 
     @dataclass
     class Config:

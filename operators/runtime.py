@@ -141,6 +141,12 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def joins_cluster() -> bool:
+    """Whether a run joins an existing Ray cluster ($RAY_ADDRESS, as inside a RayJob), which may
+    grow, instead of starting Ray on this machine, which does not."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def limit_threads(n: int, torch_too: bool = True) -> None:
     """Cap the native thread pools of a worker at its CPU share.
 

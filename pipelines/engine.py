@@ -1,7 +1,7 @@
 """Turn a list of operators into a Ray Data pipeline and run it against a manifest root.
 
-- stateful operators (models, caches) -> `map_batches` on an actor pool (ActorPoolStrategy),
-  with `num_gpus` only when the cluster has GPUs;
+- stateful operators (models, caches) -> `map_batches` on an actor pool (ActorPoolStrategy):
+  fixed locally, growing with the load on a cluster (sizes and resources: pools.plan_pools);
 - stateless fan-out operators (one video -> many clips) -> `flat_map` tasks;
 - other stateless operators -> `map_batches` tasks.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,13 +27,18 @@ from facefab.manifests.resume import plan_resume
 from facefab.manifests.schemas import STATUS_FAILED, STATUS_FILTERED, STATUS_OK
 from facefab.manifests.storage import atomic_write_bytes, check_reachable, join_uri, remove_stale_temps
 from facefab.operators.base import Operator, RunContext
-from facefab.operators.runtime import cluster_has_gpus, init_ray, limit_threads, quiet_console, ray_logs_dir
+from facefab.operators.runtime import init_ray, limit_threads, quiet_console, ray_logs_dir
 
+from . import pools
 from .crash_budget import CrashBudget
+from .pools import Placement, describe, placement_now, plan_pools
 from .progress import RunProgress
 from .store_watch import StoreWatch
 
 log = logging.getLogger(__name__)
+
+# where they lived before pools.py (tests and older code import them from here)
+fit_resources, pool_bounds = pools.fit_resources, pools.pool_bounds
 
 
 # -- Ray plumbing -------------------------------------------------------------------------------
@@ -88,73 +92,36 @@ def _task_flat(row: dict[str, Any], op: Operator, threads: int = 1,
     return _apply_all(op, [row], budget)
 
 
-def pool_bounds(op: Operator, total_cpus: float) -> tuple[int, int]:
-    """(min, max) actors for a stateful operator. pool_size 0 means one actor per cluster CPU
-    share; locally they all start at once, on a cluster the pool grows from one with the load."""
-    res = op.resources
-    if res.pool_size > 0:
-        return min(res.min_pool_size, res.pool_size), res.pool_size
-    n = max(1, int(total_cpus // max(res.num_cpus, 0.01)))
-    return (1, n) if os.environ.get("RAY_ADDRESS") else (n, n)
-
-
-def fit_resources(operators: Sequence[Operator], total_cpus: float,
-                  actor_share: float = 0.5) -> dict[str, float]:
-    """CPUs per worker for each operator, scaled to fit the cluster.
-
-    Declared resources describe a worker on a real node (a MediaPipe actor wants a core). On a
-    small machine the actor pools' standing reservations would leave no CPU for the read and map
-    tasks and the pipeline would wait forever, so actor pools are scaled to `actor_share` of the
-    cluster and tasks to half of what is left. These are Ray's logical CPUs (scheduling), not a
-    cap on what a worker may use.
-    """
-    actors = [op for op in operators if op.stateful]
-    demand = sum(op.resources.num_cpus * pool_bounds(op, total_cpus)[0] for op in actors)
-    scale = min(1.0, actor_share * total_cpus / demand) if demand else 1.0
-    free = total_cpus - demand * scale
-    fitted = {}
-    for op in operators:
-        cpus = op.resources.num_cpus * scale if op.stateful else min(op.resources.num_cpus, free / 2)
-        fitted[op.name] = max(0.01, round(cpus, 3))
-    return fitted
-
-
-def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, total_cpus: float | None = None,
+def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, where: Placement | None = None,
                   budget: CrashBudget | None = None):
-    """Chain the operators onto a Ray Dataset; returns the new Dataset (lazy). With a `budget`,
-    an input whose worker keeps dying is failed after the budget's limit instead of retried."""
-    import ray
+    """Chain the operators onto a Ray Dataset as `plan_pools` plans them for `where` (default: the
+    connected Ray, see pools.placement_now); returns the new Dataset (lazy). With a `budget`, an
+    input whose worker keeps dying is failed after the budget's limit instead of retried."""
     from ray.data import ActorPoolStrategy
 
-    use_gpu = ctx.use_gpu
     ops = [op.with_context(ctx) for op in operators]
-    total_cpus = total_cpus or ray.cluster_resources().get("CPU", 1.0)
-    cpus = fit_resources(ops, total_cpus)
-    for op in ops:
-        res = op.resources
-        gpus = res.num_gpus if use_gpu else 0
-        threads = max(1, int(cpus[op.name]))
+    where = where or placement_now(ctx.use_gpu)
+    for op, plan in zip(ops, plan_pools(ops, where), strict=True):
+        kwargs = {"op": op, "threads": plan.threads, "budget": budget}
         if op.stateful:
-            min_size, max_size = pool_bounds(op, total_cpus)
             ds = ds.map_batches(
                 _OperatorActor,
-                fn_constructor_args=(op, threads, budget),
-                batch_size=res.batch_size,
+                fn_constructor_args=(op, plan.threads, budget),
+                batch_size=op.resources.batch_size,
                 batch_format="pyarrow",
-                # one queued block per actor: a busy actor must not hold work an idle one could take
-                compute=ActorPoolStrategy(min_size=min_size, max_size=max_size,
-                                          max_tasks_in_flight_per_actor=1),
-                num_cpus=cpus[op.name],
-                num_gpus=gpus,
+                compute=ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors,
+                                          max_tasks_in_flight_per_actor=plan.tasks_per_actor),
+                num_cpus=plan.num_cpus,
+                num_gpus=plan.num_gpus,
             )
         elif op.fan_out:
-            ds = ds.flat_map(_task_flat, fn_kwargs={"op": op, "threads": threads, "budget": budget}, num_cpus=cpus[op.name])
+            ds = ds.flat_map(_task_flat, fn_kwargs=kwargs, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
             # a fan-out task emits all its rows (one video's clips) as one block, and a block goes
             # to one actor; split it so the clips of a long video spread over the pool
             ds = ds.repartition(target_num_rows_per_block=1)
         else:
-            ds = ds.map_batches(_task_batch, fn_kwargs={"op": op, "threads": threads, "budget": budget}, batch_size=res.batch_size,
-                                batch_format="pyarrow", num_cpus=cpus[op.name])
+            ds = ds.map_batches(_task_batch, fn_kwargs=kwargs, batch_size=op.resources.batch_size,
+                                batch_format="pyarrow", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
     return ds
 
 
@@ -243,6 +210,8 @@ class PipelineRun:
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
     # reorders the inputs to process (after resume planning), e.g. largest first to shorten the tail
     order: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    # GPUs for the stages that use them (--gpus); None: locally when the machine has GPUs, on a cluster not
+    gpus: bool | None = None
 
 
 def _operator_stats(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -300,12 +269,15 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                             rows_per_shard=run.rows_per_shard, max_seconds=run.commit_seconds) as writer:
             if plan.todo:
                 init_ray(progress=run.progress)
-                ctx = replace(ctx, use_gpu=ctx.use_gpu or cluster_has_gpus())
+                where = placement_now(run.gpus if run.gpus is not None else ctx.use_gpu or None)
+                ctx = replace(ctx, use_gpu=where.use_gpu)
                 todo = run.order(plan.todo) if run.order else plan.todo
                 todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
                 ds = ray.data.from_items(todo, override_num_blocks=len(todo))
                 budget = CrashBudget(run.max_attempts, f"facefab-crash-budget-{ctx.run_id}")
-                ds = build_dataset(ds, operators, ctx, budget=budget)
+                ds = build_dataset(ds, operators, ctx, where, budget=budget)
+                log.info("%s: %s", run.name, "; ".join([describe(where), *(stage.line() for stage in
+                                                                            plan_pools(operators, where))]))
                 with quiet_console() as console, StoreWatch(ctx.out_root, ctx.storage_options) as watch:
                     progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
                     try:

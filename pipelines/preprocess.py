@@ -41,7 +41,9 @@ class PreprocessConfig:
     operators: list[str] | None = field(default=None, metadata={"help": "run only these stages (comma-separated)"})
     fuse: bool = field(default=True, metadata={"help": "run the per-track stages as one chain per worker "
                                                         "(data parallel) instead of one actor pool per stage"})
-    workers: int = field(default=0, metadata={"help": "chain workers (0: one per CPU of the cluster)"})
+    workers: int = field(default=0, metadata={"help": "chain workers (1 CPU each): on a cluster the most the pool "
+                                                      "grows to, locally its size, at most one per CPU (0: as many "
+                                                      "as the cluster holds at its largest / one per CPU)"})
     largest_first: bool = field(default=True, metadata={"help": "start the biggest input files first, so the "
                                                                  "run does not end waiting on one long video"})
     probe: ProbeVideo.Config = field(default_factory=ProbeVideo.Config)
@@ -97,8 +99,14 @@ def plan_stages(ops: list[Operator], config: PreprocessConfig) -> list[Operator]
     if first is None or first == len(ops) - 1:
         return ops
     chain = OperatorChain(ops[first:])
-    chain.resources = Resources(num_cpus=1.0, pool_size=config.workers, min_pool_size=config.workers)
+    chain.resources = Resources(num_cpus=1.0, num_gpus=chain.resources.num_gpus, pool_size=config.workers,
+                                max_pool_size=config.workers)
     return [*ops[:first], chain]
+
+
+def preprocess_operators(config: PreprocessConfig) -> list[Operator]:
+    """The operators a preprocess run hands to the engine (its stages, fused per `fuse`)."""
+    return plan_stages(build_operators(config), config)
 
 
 def largest_first(storage_options: dict[str, Any] | None) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -121,7 +129,7 @@ def run_preprocess(inputs: list[dict[str, Any]], config: PreprocessConfig, ctx: 
                    **run_options: Any) -> RunSummary:
     """Preprocess `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit, progress,
     max_failed_fraction, commit_seconds)."""
-    ops = plan_stages(build_operators(config), config)
+    ops = preprocess_operators(config)
     run = PipelineRun("preprocess", "clips", ctx, config=asdict(config),
                       order=largest_first(ctx.storage_options) if config.largest_first else None, **run_options)
     return run_pipeline(run, ops, inputs)

@@ -36,6 +36,14 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def stage_operators(args: argparse.Namespace) -> list:
+    """The operators the run hands to the engine (what `facefab run --dry-run` plans)."""
+    from facefab.operators.dub import DubConfig
+    from facefab.pipelines.dub import build_operators
+
+    return build_operators(build_config(DubConfig, args, args.config))
+
+
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import join_uri, storage_options_from_env
     from facefab.operators.dub import DubConfig

@@ -27,6 +27,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def stage_operators(args: argparse.Namespace) -> list:
+    """The operators the run hands to the engine (what `facefab run --dry-run` plans)."""
+    from facefab.pipelines.preprocess import PreprocessConfig, preprocess_operators
+
+    return preprocess_operators(build_config(PreprocessConfig, args, args.config))
+
+
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import storage_options_from_env
     from facefab.pipelines.inputs import video_inputs

@@ -59,6 +59,15 @@ def _add_arguments(p: argparse.ArgumentParser, config_cls) -> None:
     add_config_flags(p, config_cls, skip={"system"})
 
 
+def stage_plan(args: argparse.Namespace) -> list:
+    """The run's Ray Train workers as `facefab run --dry-run` plans them (a fixed group)."""
+    from facefab.pipelines.pools import StagePlan
+    from facefab.training.config import TrainConfig
+
+    cfg = build_config(TrainConfig, args, args.config)
+    return [StagePlan(args.system, "train", cfg.cpus_per_worker or 0.0, cfg.gpus_per_worker, cfg.workers, cfg.workers)]
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 

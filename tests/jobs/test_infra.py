@@ -1,12 +1,14 @@
 """Job specs (jobs/specs/, `facefab run`) and the deployment files (infra/): they parse, every
 RayJob / RayCronJob / CronJob-created RayJob entrypoint is a real `facefab` command line, every
 container has an image and resources, S3 settings come from the `facefab-s3` secret, and the
-container files install what the Makefile installs."""
+container files install what the Makefile installs. What the KubeRay manifests mean (CRD schemas,
+replica ranges against the job's plan, shared memory, deadlines, clean-up, labels): test_kuberay.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import tomllib
@@ -14,15 +16,25 @@ from pathlib import Path
 
 import pytest
 import yaml
+from infra_docs import (
+    DOCKER,
+    IMAGE_SPECS,
+    INFRA,
+    KUBERAY,
+    REPO,
+    SPECS,
+    all_pod_specs,
+    cluster_specs,
+    docs,
+    gpus_per_node,
+    groups,
+    k8s_docs,
+    ray_container,
+    rayjob_specs,
+)
 
 from facefab.jobs.spec import CONFIG_PLACEHOLDER, load_spec, materialized_argv, parse_spec, spec_to_argv
 
-REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "infra"
-KUBERAY = INFRA / "kuberay"
-DOCKER = INFRA / "docker"
-SPECS = REPO / "jobs" / "specs"
-IMAGE_SPECS = "/opt/facefab/jobs/specs/"  # where the images put jobs/specs
 SECRET = "facefab-s3"
 S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FACEFAB_S3_ENDPOINT", "FACEFAB_BUCKET"}
 ENV = {"FACEFAB_BUCKET": "test-bucket"}
@@ -36,61 +48,9 @@ def cli(monkeypatch):
     assert "run" in cli_module.COMMANDS
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("FACEFAB_DATASET", raising=False)
-    monkeypatch.delenv("FACEFAB_CATALOG", raising=False)
+    for key in ("FACEFAB_DATASET", "FACEFAB_CATALOG", "FACEFAB_DUB_BATCH", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
     return cli_module
-
-
-def _docs(path: Path) -> list:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-
-
-def _k8s_docs() -> list[tuple[str, dict]]:
-    return [(f"{p.name}:{d.get('kind')}", d) for p in sorted(KUBERAY.glob("*.yaml")) for d in _docs(p)]
-
-
-def _rayjob_specs() -> list[tuple[str, dict]]:
-    """(where, RayJob spec) of every RayJob, RayCronJob jobTemplate and RayJob kept in a ConfigMap."""
-    out = []
-    for where, doc in _k8s_docs():
-        kind = doc.get("kind")
-        if kind == "RayJob":
-            out.append((where, doc["spec"]))
-        elif kind == "RayCronJob":
-            out.append((where + ".jobTemplate", doc["spec"]["jobTemplate"]))
-        elif kind == "ConfigMap":
-            for key, text in (doc.get("data") or {}).items():
-                for inner in yaml.safe_load_all(text) if key.endswith((".yaml", ".yml")) else []:
-                    if isinstance(inner, dict) and inner.get("kind") == "RayJob":
-                        assert inner["apiVersion"] == "ray.io/v1"
-                        out.append((f"{where}.data.{key}", inner["spec"]))
-    return out
-
-
-def _cluster_specs() -> list[tuple[str, dict]]:
-    out = [(where, doc["spec"]) for where, doc in _k8s_docs() if doc.get("kind") == "RayCluster"]
-    out += [(where, spec["rayClusterSpec"]) for where, spec in _rayjob_specs() if "rayClusterSpec" in spec]
-    return out
-
-
-def _pod_specs(obj, where: str):
-    """Every pod spec (a mapping with `containers`) inside obj, with its path."""
-    if isinstance(obj, dict):
-        if isinstance(obj.get("containers"), list):
-            yield where, obj
-        for key, value in obj.items():
-            yield from _pod_specs(value, f"{where}.{key}")
-    elif isinstance(obj, list):
-        for i, value in enumerate(obj):
-            yield from _pod_specs(value, f"{where}[{i}]")
-
-
-def _all_pod_specs():
-    for where, doc in _k8s_docs():
-        yield from _pod_specs(doc, where)
-    for where, spec in _rayjob_specs():
-        if ".data." in where:  # RayJobs inside ConfigMaps are not reached by the walk above
-            yield from _pod_specs(spec, where)
 
 
 def _parse(parser, argv: list[str], where: str):
@@ -129,20 +89,23 @@ def test_every_yaml_parses():
     files = sorted(INFRA.rglob("*.y*ml")) + sorted(SPECS.glob("*.y*ml"))
     names = {f.relative_to(REPO).as_posix() for f in files}
     for required in ("infra/kuberay/raycluster.yaml", "infra/kuberay/rayjob-preprocess.yaml",
-                     "infra/kuberay/rayjob-dub.yaml", "infra/kuberay/rayjob-train.yaml",
+                     "infra/kuberay/rayjob-dub.yaml", "infra/kuberay/rayjob-dub-mytalk.yaml",
+                     "infra/kuberay/rayjob-train.yaml", "infra/kuberay/rayjob-train-mytalk-motion.yaml",
                      "infra/kuberay/raycronjob-train.yaml", "infra/kuberay/cronjob-train-fallback.yaml",
-                     "infra/kuberay/secret-s3.example.yaml", "infra/local/docker-compose.yaml",
-                     "jobs/specs/preprocess.yaml", "jobs/specs/dub.yaml", "jobs/specs/train_mytalk.yaml",
-                     "jobs/specs/train_facevid2vid.yaml", "jobs/specs/local_preprocess.yaml"):
+                     "infra/kuberay/secret-s3.example.yaml", "infra/helm/kuberay-operator-values.yaml",
+                     "infra/local/docker-compose.yaml", "jobs/specs/preprocess.yaml", "jobs/specs/dub.yaml",
+                     "jobs/specs/dub_mytalk.yaml", "jobs/specs/train_mytalk.yaml",
+                     "jobs/specs/train_mytalk_motion.yaml", "jobs/specs/train_facevid2vid.yaml",
+                     "jobs/specs/local_preprocess.yaml"):
         assert required in names, f"missing {required}"
     for f in files:
-        docs = _docs(f)
-        assert docs and all(isinstance(d, dict) for d in docs), f"{f}: expected YAML mappings"
-    for where, doc in _k8s_docs():
+        loaded = docs(f)
+        assert loaded and all(isinstance(d, dict) for d in loaded), f"{f}: expected YAML mappings"
+    for where, doc in k8s_docs():
         assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata"), f"{where}: not a Kubernetes object"
-    for where, spec in _rayjob_specs():  # embedded YAML (runtimeEnvYAML) parses too
-        if "runtimeEnvYAML" in spec:
-            assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict), where
+    for job in rayjob_specs():  # embedded YAML (runtimeEnvYAML) parses too
+        if "runtimeEnvYAML" in job.spec:
+            assert isinstance(yaml.safe_load(job.spec["runtimeEnvYAML"]), dict), job.where
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,18 +113,20 @@ def test_every_yaml_parses():
 
 
 def test_every_rayjob_entrypoint_is_a_real_facefab_command(cli):
-    jobs = _rayjob_specs()
-    wheres = " ".join(w for w, _ in jobs)
+    jobs = rayjob_specs()
+    wheres = " ".join(job.where for job in jobs)
     assert "RayCronJob.jobTemplate" in wheres and "ConfigMap.data." in wheres
     kinds = set()
-    for where, spec in jobs:
+    for job in jobs:
+        spec, where = job.spec, job.where
         assert spec.get("entrypoint"), f"{where}: no entrypoint"
         kind, _ = _check_entrypoint(cli, spec["entrypoint"], where)
         kinds.add(kind)
         assert "rayClusterSpec" in spec or "clusterSelector" in spec, where
-        if "rayClusterSpec" in spec:
-            assert spec.get("shutdownAfterJobFinishes") is True, f"{where}: the job's cluster must go away"
-            assert isinstance(spec.get("ttlSecondsAfterFinished"), int), where
+        if "rayClusterSpec" in spec:  # the job's cluster must go away: with the job, or by a deletion rule
+            rules = (spec.get("deletionStrategy") or {}).get("deletionRules", [])
+            deletes_cluster = any(rule["policy"] == "DeleteCluster" for rule in rules)
+            assert spec.get("shutdownAfterJobFinishes") is True or deletes_cluster, where
     assert kinds >= {"preprocess", "dub", "train"}, kinds
 
 
@@ -176,32 +141,31 @@ def test_entrypoint_check_rejects_non_commands(cli):
         _check_entrypoint(cli, f"facefab run {IMAGE_SPECS}nope.yaml", "test")
 
 
-def test_training_jobs_fit_their_gpu_groups(cli):
-    """workers x gpus_per_worker of a train spec fits the GPU its job's cluster can grow to."""
+def test_training_jobs_have_their_gpus_at_start(cli):
+    """Ray Train starts all workers x gpus_per_worker at once: the job's GPU group holds them from
+    the start (minReplicas), at a fixed size."""
     checked = 0
-    for where, spec in _rayjob_specs():
-        if "train" not in spec["entrypoint"]:
+    for job in rayjob_specs():
+        kind, spec = _check_entrypoint(cli, job.spec["entrypoint"], job.where)
+        if kind != "train":
             continue
-        kind, job = _check_entrypoint(cli, spec["entrypoint"], where)
-        if kind != "train" or job is None:
-            continue
-        need = job.options.get("workers", 1) * job.options.get("gpus_per_worker", 0)
-        have = sum(g["maxReplicas"] * float(g["rayStartParams"].get("num-gpus", 0))
-                   for g in spec["rayClusterSpec"]["workerGroupSpecs"])
-        assert 0 < need <= have, f"{where}: {job.source} needs {need} GPUs, the cluster has at most {have}"
+        need = spec.options.get("workers", 1) * spec.options.get("gpus_per_worker", 0)
+        gpu_groups = [g for g in job.spec["rayClusterSpec"]["workerGroupSpecs"] if gpus_per_node(g)]
+        have = sum(g["minReplicas"] * gpus_per_node(g) for g in gpu_groups)
+        assert 0 < need <= have, f"{job.where}: {spec.source} needs {need} GPUs at start, the cluster has {have}"
+        assert all(g["minReplicas"] == g["maxReplicas"] for g in gpu_groups), f"{job.where}: fixed size"
         checked += 1
-    assert checked >= 3  # rayjob-train, the RayCronJob and the fallback CronJob's RayJob
+    assert checked >= 4  # facevid2vid, mytalk-motion, the RayCronJob and the fallback CronJob's RayJob
 
 
 def test_raycronjob_and_fallback_cronjob():
-    (cron,) = [d for _, d in _k8s_docs() if d.get("kind") == "RayCronJob"]
+    (cron,) = [d for _, d in k8s_docs() if d.get("kind") == "RayCronJob"]
     assert cron["apiVersion"] == "ray.io/v1"
     assert len(cron["spec"]["schedule"].split()) == 5
     template = cron["spec"]["jobTemplate"]  # a RayJob spec itself (KubeRay >= 1.6), not {spec: ...}
     assert "entrypoint" in template and "rayClusterSpec" in template and "spec" not in template
 
-    docs = _docs(KUBERAY / "cronjob-train-fallback.yaml")
-    by_kind = {d["kind"]: d for d in docs}
+    by_kind = {d["kind"]: d for d in docs(KUBERAY / "cronjob-train-fallback.yaml")}
     cronjob = by_kind["CronJob"]
     assert cronjob["apiVersion"] == "batch/v1" and len(cronjob["spec"]["schedule"].split()) == 5
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -230,7 +194,7 @@ def test_raycronjob_and_fallback_cronjob():
 
 
 def test_every_container_has_image_and_resources():
-    pods = list(_all_pod_specs())
+    pods = list(all_pod_specs())
     assert len(pods) >= 15
     for where, pod in pods:
         for c in pod["containers"] + pod.get("initContainers", []):
@@ -247,8 +211,8 @@ def test_every_container_has_image_and_resources():
 def test_ray_clusters_autoscale_and_size_ray_from_limits():
     import ray
 
-    clusters = _cluster_specs()
-    assert len(clusters) >= 6  # RayCluster, 3 RayJobs, RayCronJob, fallback
+    clusters = cluster_specs()
+    assert len(clusters) >= 8  # RayCluster, 5 RayJobs, RayCronJob, fallback
     for where, spec in clusters:
         assert spec["rayVersion"] == ray.__version__, f"{where}: rayVersion != installed Ray"
         assert spec.get("enableInTreeAutoscaling") is True, where
@@ -256,22 +220,21 @@ def test_ray_clusters_autoscale_and_size_ray_from_limits():
         assert auto["requests"]["cpu"] and auto["limits"]["memory"], where
         head = spec["headGroupSpec"]
         assert head["rayStartParams"].get("num-cpus") == "0", f"{where}: the head runs drivers, not tasks"
-        groups = [("head", head)] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
-        for name, group in groups:
-            if name != "head":
-                assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"], (where, name)
-            (ray_container,) = [c for c in group["template"]["spec"]["containers"] if c["name"].startswith("ray-")]
-            limits = ray_container["resources"]["limits"]
+        for name, group in groups(spec):
+            if name != "head":  # a group starts at its minimum; more only when the autoscaler adds them
+                assert 0 <= group["minReplicas"] == group.get("replicas", 0) <= group["maxReplicas"], (where, name)
+            container = ray_container(group)
+            limits = container["resources"]["limits"]
             params = group["rayStartParams"]
             if name != "head" and "num-cpus" in params:
                 assert params["num-cpus"] == str(limits["cpu"]), f"{where}/{name}: num-cpus != cpu limit"
             gpus = limits.get("nvidia.com/gpu")
             assert params.get("num-gpus") == (str(gpus) if gpus else None), f"{where}/{name}: num-gpus != GPU limit"
             if gpus:
-                assert ray_container["resources"]["requests"].get("nvidia.com/gpu") == gpus
-                assert ray_container["image"].endswith("-cuda"), f"{where}/{name}: GPU group needs the CUDA image"
+                assert container["resources"]["requests"].get("nvidia.com/gpu") == gpus
+                assert container["image"].endswith("-cuda"), f"{where}/{name}: GPU group needs the CUDA image"
             else:
-                assert ray_container["image"].endswith("-cpu"), f"{where}/{name}: CPU group uses the CPU image"
+                assert container["image"].endswith("-cpu"), f"{where}/{name}: CPU group uses the CPU image"
     (main,) = [s for w, s in clusters if w.startswith("raycluster.yaml")]
     gpu_groups = [g for g in main["workerGroupSpecs"]
                   if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
@@ -280,25 +243,25 @@ def test_ray_clusters_autoscale_and_size_ray_from_limits():
 
 
 def test_s3_settings_come_from_the_secret():
-    for where, spec in _cluster_specs():
+    for where, spec in cluster_specs():
         groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
         for group in groups:
             for c in group["template"]["spec"]["containers"]:
                 refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
                 assert SECRET in refs, f"{where}/{c['name']}: envFrom secretRef {SECRET} missing"
-    for where, pod in _all_pod_specs():
+    for where, pod in all_pod_specs():
         for c in pod["containers"]:
             for env in c.get("env", []):
                 if env["name"] in S3_KEYS:
                     assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (
                         f"{where}/{c['name']}: {env['name']} must come from a secret")
-    (secret,) = _docs(KUBERAY / "secret-s3.example.yaml")
+    (secret,) = docs(KUBERAY / "secret-s3.example.yaml")
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == SECRET
     assert S3_KEYS <= set(secret["stringData"])
     # RayJob runtime envs carry no credentials either
-    for where, spec in _rayjob_specs():
-        env_vars = (yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}).get("env_vars", {})
-        assert not (set(env_vars) & S3_KEYS), f"{where}: S3 settings belong in the secret"
+    for job in rayjob_specs():
+        env_vars = (yaml.safe_load(job.spec.get("runtimeEnvYAML") or "{}") or {}).get("env_vars", {})
+        assert not (set(env_vars) & S3_KEYS), f"{job.where}: S3 settings belong in the secret"
 
 
 def _makefile_no_deps() -> list[str]:
@@ -328,8 +291,8 @@ def test_dockerfiles_install_like_the_makefile(name, index):
     no_deps = [ln for ln in runs if "--no-deps" in ln]
     packages = _makefile_no_deps()
     assert packages == ["mediapipe==0.10.21"]
-    copied = set(re.findall(r"^COPY \S+ (\w+) /tmp/facefab/\1$", text, re.M))
-    mapped = set(re.findall(r'^"facefab\.\w+" = "(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M))
+    copied = set(re.findall(r"^COPY \S+ (\w+) /tmp/facefab/\1$", text, re.MULTILINE))
+    mapped = set(re.findall(r'^"facefab\.\w+" = "(\w+)"$', (REPO / "pyproject.toml").read_text(), re.MULTILINE))
     assert mapped and copied == mapped, f"{name}: copies {sorted(copied)}, pyproject maps {sorted(mapped)}"
     for pkg in packages:
         assert any(pkg in ln.split("--no-deps", 1)[1] for ln in no_deps), f"{name}: --no-deps {pkg} missing"
@@ -344,19 +307,34 @@ def test_dockerfiles_install_like_the_makefile(name, index):
         assert (REPO / src).exists(), f"{name}: COPY source {src} missing (build context is the repo root)"
 
 
+def _compose_bytes(text: str) -> int:
+    """A compose size ("2gb", "512m") in bytes; Docker's units are binary."""
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", text.lower()).groups()
+    return int(number) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+
+
 def test_local_stack():
-    compose = _docs(INFRA / "local" / "docker-compose.yaml")[0]
+    compose = docs(INFRA / "local" / "docker-compose.yaml")[0]
     services = compose["services"]
-    assert "9000:9000" in services["minio"]["ports"]
+    assert "127.0.0.1:9000:9000" in services["minio"]["ports"]
     init = [s for s in services.values() if "mc mb" in " ".join(map(str, s.get("command", [])))]
     assert init, "a container must create the bucket"
     head = services["ray-head"]
-    assert {"8265:8265", "10001:10001"} <= set(head["ports"])
+    assert {"127.0.0.1:8265:8265", "127.0.0.1:10001:10001"} <= set(head["ports"])
+    for name, service in services.items():  # nothing reachable from the network: the job API runs code
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is published on every interface"
     assert (INFRA / "local" / head["build"]["context"] / head["build"]["dockerfile"]).resolve().is_file()
     assert head["build"]["dockerfile"].endswith("Dockerfile.cpu")
     env = head["environment"]
     assert env["FACEFAB_S3_ENDPOINT"] == "http://minio:9000" and S3_KEYS <= set(env)
-    assert "ray start --head" in head["command"] and "--ray-client-server-port=10001" in head["command"]
+    # Ray token authentication, with the token from the environment and no default: compose refuses
+    # to start without one (${VAR:?message})
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")
+    command = head["command"]
+    assert "ray start --head" in command and "--ray-client-server-port=10001" in command
+    store = int(re.search(r"--object-store-memory=(\d+)", command).group(1))
+    assert store < _compose_bytes(head["shm_size"]), "the object store must fit in /dev/shm"
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,8 +367,13 @@ def test_every_spec_expands_to_a_real_command(cli):
 def test_dry_run_prints_the_argv(cli, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths follow the spec file, not the current directory
     assert cli.main(["run", str(SPECS / "local_preprocess.yaml"), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert out == f"facefab preprocess {REPO / 'samples'} --out {REPO / 'out' / 'local'} --progress\n"
+    command, *plan = capsys.readouterr().out.splitlines()
+    assert command == f"facefab preprocess {REPO / 'samples'} --out {REPO / 'out' / 'local'} --progress"
+    assert all(line.startswith("#") for line in plan)  # the plan, as comments
+    cpus = os.cpu_count()
+    assert plan[0].startswith(f"# plan on this machine ({cpus} CPUs")
+    chain = [line for line in plan if "actor pool of" in line]
+    assert len(chain) == 1 and f"actor pool of {cpus}, " in chain[0]  # fixed: one per CPU
 
     assert cli.main(["run", str(SPECS / "train_facevid2vid.yaml"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -400,6 +383,7 @@ def test_dry_run_prints_the_argv(cli, capsys, tmp_path, monkeypatch):
                                      "--config", CONFIG_PLACEHOLDER, "--workers", "4", "--gpus-per-worker", "1",
                                      "--max-steps", "200000", "--no-progress"]
     assert yaml.safe_load("\n".join(lines[2:]))["run_name"] == "facevid2vid-paper"
+    assert lines[-1] == "#   facevid2vid: 4 Ray Train workers, 6 CPU + 1 GPU each (the cluster must hold them at start)"
 
 
 def test_dry_run_never_prints_secrets(cli, capsys, tmp_path, monkeypatch):
