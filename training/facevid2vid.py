@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from facefab.models.facevid2vid.model import TINY_CONFIG, FaceVid2VidModel, transform_keypoints
+from facefab.models.facevid2vid.pipeline import save_pipeline
 
 from .dicts import deep_merge
 from .systems import SYSTEMS, TrainingSystemBase
@@ -209,8 +210,9 @@ class FaceVid2VidSystem(TrainingSystemBase):
         return {"psnr": float(torch.cat(values).mean()), "l1": float(torch.cat(l1).mean())}
 
     def export(self, model: FaceVid2VidModel, out_dir: str) -> None:
-        """config.json + diffusion_pytorch_model.safetensors: FaceVid2VidModel.from_pretrained(out_dir)."""
-        model.save_pretrained(out_dir, safe_serialization=True)
+        """config.json + diffusion_pytorch_model.safetensors (FaceVid2VidModel.from_pretrained(out_dir)) and
+        model_index.json: a FaceVid2VidPipeline folder."""
+        save_pipeline(model, out_dir)
 
     # -- helpers ----------------------------------------------------------------------------------
 

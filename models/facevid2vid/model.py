@@ -127,11 +127,32 @@ def rotation_matrix(yaw: torch.Tensor, pitch: torch.Tensor, roll: torch.Tensor) 
     return rp @ ry @ rr
 
 
+def head_motion(pose: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An estimator's output as a head motion: rotation (B, 3, 3), translation (B, 3), expression (B, K, 3)."""
+    return {"rotation": rotation_matrix(pose["yaw"], pose["pitch"], pose["roll"]),
+            "translation": pose["translation"], "expression": pose["expression"]}
+
+
+def relative_motion(source: dict[str, torch.Tensor], driving: dict[str, torch.Tensor],
+                    initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head motion of `driving` relative to `initial` (the first driving frame) applied on top of
+    `source`'s own (estimator outputs; a batch of 1 broadcasts): R = R_d R_d0^-1 R_s,
+    t = t_s + (t_d - t_d0), delta = delta_s + (delta_d - delta_d0)."""
+    s, d, d0 = head_motion(source), head_motion(driving), head_motion(initial)
+    return {"rotation": d["rotation"] @ d0["rotation"].transpose(-1, -2) @ s["rotation"],
+            "translation": s["translation"] + (d["translation"] - d0["translation"]),
+            "expression": s["expression"] + (d["expression"] - d0["expression"])}
+
+
+def place_keypoints(canonical: torch.Tensor, motion: dict[str, torch.Tensor]) -> torch.Tensor:
+    """x = R x_c + t + delta for canonical keypoints (B, K, 3) and a head motion (see head_motion)."""
+    kp = torch.einsum("bij,bkj->bki", motion["rotation"], canonical)
+    return kp + motion["translation"][:, None, :] + motion["expression"]
+
+
 def transform_keypoints(canonical: torch.Tensor, pose: dict[str, torch.Tensor]) -> torch.Tensor:
     """x = R x_c + t + delta for canonical keypoints (B, K, 3) and an estimator's output."""
-    rot = rotation_matrix(pose["yaw"], pose["pitch"], pose["roll"])
-    kp = torch.einsum("bij,bkj->bki", rot, canonical)
-    return kp + pose["translation"][:, None, :] + pose["expression"]
+    return place_keypoints(canonical, head_motion(pose))
 
 
 def keypoint_heatmap(kp: torch.Tensor, grid: torch.Tensor, variance: float) -> torch.Tensor:
@@ -303,7 +324,8 @@ class FaceVid2VidModel(ModelMixin, ConfigMixin):
 
     ``forward(source, driving)`` reenacts: the identity and canonical keypoints of ``source``,
     the head pose and expression of ``driving``. For animating many driving frames from one
-    source, call ``encode_source`` once and ``reenact`` per frame batch.
+    source, call ``encode_source`` once and ``reenact`` per frame batch (or ``render`` with a head
+    motion of your own, e.g. ``relative_motion``: facefab.models.facevid2vid.pipeline).
     """
 
     @register_to_config
@@ -336,7 +358,7 @@ class FaceVid2VidModel(ModelMixin, ConfigMixin):
                                    generator_resblocks, tuple(generator_up_channels), image_channels)
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "FaceVid2VidModel":
+    def tiny(cls, **overrides: Any) -> FaceVid2VidModel:
         return cls(**{**TINY_CONFIG, **overrides})
 
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -352,14 +374,25 @@ class FaceVid2VidModel(ModelMixin, ConfigMixin):
         return {"features": self.appearance(source), "canonical": canonical, "pose": pose,
                 "kp": transform_keypoints(canonical, pose)}
 
-    def reenact(self, state: dict[str, Any], driving: torch.Tensor) -> dict[str, Any]:
-        pose = self.pose(self._prepare(driving))
-        kp_driving = transform_keypoints(state["canonical"], pose)
+    def estimate_pose(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Head pose and expression of images (any size; resized to image_size)."""
+        return self.pose(self._prepare(image))
+
+    def render(self, state: dict[str, Any], motion: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The source of `state` (encode_source) moved to a head motion (head_motion / relative_motion)
+        of batch B; a state of one source is shared by all B."""
+        b = motion["rotation"].shape[0]
+        features = state["features"].expand(b, -1, -1, -1, -1)
+        kp_driving = place_keypoints(state["canonical"].expand(b, -1, -1), motion)
         rs = rotation_matrix(state["pose"]["yaw"], state["pose"]["pitch"], state["pose"]["roll"])
-        rd = rotation_matrix(pose["yaw"], pose["pitch"], pose["roll"])
-        motion = self.motion(state["features"], state["kp"], kp_driving, rs @ rd.transpose(1, 2))
-        image = self.generator(state["features"], motion["flow"], motion["occlusion"])
-        return {"prediction": image, "kp_driving": kp_driving, "pose_driving": pose, **motion}
+        out = self.motion(features, state["kp"].expand(b, -1, -1), kp_driving, rs @ motion["rotation"].transpose(1, 2))
+        image = self.generator(features, out["flow"], out["occlusion"])
+        return {"prediction": image, "kp_driving": kp_driving, **out}
+
+    def reenact(self, state: dict[str, Any], driving: torch.Tensor) -> dict[str, Any]:
+        """The source with the absolute head pose and expression of `driving`."""
+        pose = self.estimate_pose(driving)
+        return {**self.render(state, head_motion(pose)), "pose_driving": pose}
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> dict[str, Any]:
         state = self.encode_source(source)
