@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from facefab.face.mesh import largest_face_landmarks
-from facefab.face.scores import finite_pearson
+from facefab.face.scores import finite_pearson, image_psnr
 from facefab.media import probe, read_audio, read_frames, write_audio, write_video
 from facefab.media.arrays import unpack_arrays
 from facefab.media.provenance import embed_watermark
@@ -67,12 +67,6 @@ def resample(series: np.ndarray, fps_from: float, n: int, fps_to: float) -> np.n
     src = np.arange(len(series)) / fps_from
     ok = np.isfinite(series)
     return np.where(t <= src[-1], np.interp(t, src[ok], series[ok]), np.nan)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    diff = (a.astype(np.float64) - b) ** 2
-    mse = diff[mask].mean() if mask is not None else diff.mean()
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
 def lower_face_masks(landmarks: np.ndarray, shape: tuple[int, int], grow: float = 1.3) -> np.ndarray:
@@ -109,7 +103,7 @@ def watermark_cost(frames: np.ndarray, fps: float, work: Path) -> float:
     plain, marked = str(work / "plain.mp4"), str(work / "marked.mp4")
     write_video(plain, frames, fps)
     write_video(marked, embed_watermark(frames), fps)
-    return psnr(read_frames(plain), frames) - psnr(read_frames(marked), frames)
+    return image_psnr(read_frames(plain), frames) - image_psnr(read_frames(marked), frames)
 
 
 def evaluate(a: str, b: str, seconds: float, config: DubConfig, work: Path) -> dict:
@@ -142,7 +136,7 @@ def evaluate(a: str, b: str, seconds: float, config: DubConfig, work: Path) -> d
         "sync": row.get("sync_output"), "sync_undubbed": row.get("sync_source"),
         "flicker_ratio": flicker(out, masks) / max(flicker(source, masks), 1e-9),
         "open_step_vs_real": step(out_open) / max(step(real_open), 1e-9),
-        "psnr_outside": psnr(out, source, outside),
+        "psnr_outside": image_psnr(out, source, outside),
         "watermark_cost_db": watermark_cost(out[:100], fps, work),
     }
 

@@ -95,13 +95,13 @@ ALIGN_TEMPLATE = _canonical_template()
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """(2,3) least-squares similarity (rotation, uniform scale, translation) taking src to dst
-    (Umeyama 1991), for (N,2) point sets."""
+    """(D, D+1) least-squares similarity (rotation, uniform scale, translation) taking src to dst
+    (Umeyama 1991), for (N, D) point sets: (2, 3) for image points, (3, 4) for 3D meshes."""
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - src_mean, dst - dst_mean
     u, sigma, vt = np.linalg.svd(dst_c.T @ src_c / len(src))
-    reflect = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    reflect = np.diag([1.0] * (src.shape[1] - 1) + [np.sign(np.linalg.det(u @ vt)) or 1.0])
     rotation = u @ reflect @ vt
     scale = np.trace(np.diag(sigma) @ reflect) / (src_c ** 2).sum(axis=1).mean()
     translation = dst_mean - scale * rotation @ src_mean

@@ -26,6 +26,33 @@ from .smoothing import full_windows, moving_average
 STABLE_LANDMARKS = (33, 133, 362, 263, 168, 6, 197, 195, 1, 10, 151, 127, 356)
 
 
+# -- image fidelity ---------------------------------------------------------------------------------
+
+def image_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR (dB) of two uint8 images, over `mask` (bool, H x W) when given."""
+    diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    mse = diff[mask].mean() if mask is not None else diff.mean()
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def image_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004: 11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of two uint8
+    images, on their luma."""
+    def luma(x):
+        x = np.asarray(x)
+        return (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) if x.ndim == 3 else x).astype(np.float64)
+
+    x, y = luma(a), luma(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    def blur(v):
+        return cv2.GaussianBlur(v, (11, 11), 1.5)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(ssim[5:-5, 5:-5].mean())
+
+
 # -- the sync score -------------------------------------------------------------------------------
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

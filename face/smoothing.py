@@ -2,7 +2,8 @@
 
 `moving_average` smooths (boxes, alignment parameters, poses); `full_windows` says where the whole
 centred window is inside the series and finite, for scores that must not count edge or gap frames
-(e.g. landmark jitter, measured only where the average had all its samples).
+(e.g. landmark jitter, measured only where the average had all its samples); `fill_missing` fills
+frames without points by linear interpolation over time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     lo, hi = idx - reach, idx + reach + 1
     counts = (hi - lo).reshape((-1,) + (1,) * (values.ndim - 1))
     return (csum[hi] - csum[lo]) / counts
+
+
+def fill_missing(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, ...) per-frame points with NaN frames -> (filled by linear interpolation over time, valid (T,))."""
+    points = np.asarray(points, np.float32)
+    valid = np.all(np.isfinite(points.reshape(len(points), -1)), axis=1)
+    if not valid.any():
+        raise ValueError("no frame has landmarks")
+    if valid.all():
+        return points, valid
+    flat = points.reshape(len(points), -1)
+    known = np.flatnonzero(valid)
+    filled = np.stack([np.interp(np.arange(len(points)), known, flat[known, k]) for k in range(flat.shape[1])], 1)
+    return filled.reshape(points.shape).astype(np.float32), valid
 
 
 def full_windows(finite: np.ndarray, window: int) -> np.ndarray:

@@ -100,14 +100,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _walk_fields(cls: type, prefix: str = ""):
+def walk_fields(cls: type, prefix: str = ""):
     """(dotted name, type, default) for every leaf field, depth first."""
     types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(types_[f.name])
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
-            yield from _walk_fields(tp, name + ".")
+            yield from walk_fields(tp, name + ".")
         else:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else _MISSING)
@@ -116,7 +116,7 @@ def _walk_fields(cls: type, prefix: str = ""):
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> None:
     group = parser.add_argument_group("config fields (override --config)")
-    for name, tp, default, help_text in _walk_fields(cls):
+    for name, tp, default, help_text in walk_fields(cls):
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")

@@ -50,6 +50,8 @@ class GeneratorSpec:
 GENERATORS: Registry[GeneratorSpec] = Registry("generator")
 _ANIMATE = "facefab.operators.animate:AnimatePortrait"
 _TALKING_PHOTO = "talking photo (facefab animate --model weightfree)"
+_REENACT = "facefab.operators.reenact:ReenactPortrait"
+_MESH_REENACTMENT = "mesh-driven reenactment (facefab animate --driving VIDEO --model weightfree)"
 
 for _spec in [
     GeneratorSpec("beautyrec", "BeautyREC", "makeup", ("video_uri", "reference_uri"),
@@ -81,7 +83,9 @@ for _spec in [
     GeneratorSpec("mofa-video", "MOFA-Video", "animate", ("reference_uri", "video_uri"),
                   "image animation through sparse-to-dense motion (landmark / trajectory hints)"),
     GeneratorSpec("face-vid2vid", "face-vid2vid", "animate", ("reference_uri", "video_uri"),
-                  "one-shot talking-head reenactment with 3D keypoints", trainable=("facevid2vid",)),
+                  "one-shot talking-head reenactment with 3D keypoints", weight_free_default=_MESH_REENACTMENT,
+                  operator=_REENACT, model="facefab.models.facevid2vid:FaceVid2VidPipeline",
+                  trainable=("facevid2vid",)),
 ]:
     GENERATORS.register(_spec.name)(_spec)
 

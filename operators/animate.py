@@ -20,7 +20,7 @@ photo follows its roll and the shift its yaw/pitch cause, the neural models take
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -36,24 +36,20 @@ from .landmarks import FaceLandmarks, face_mesher
 from .pose_source import read_pose_series
 
 NEURAL = ("hallo", "v-express", "gaia")
-MODELS = ("auto", "weightfree", *NEURAL)
 
 
 @dataclass
-class AnimateConfig(GeneratorOperator.Config):
-    """Settings of an animate-from-speech job."""
+class PortraitJobConfig(GeneratorOperator.Config):
+    """Settings every portrait animation job shares (from speech or from a driving video)."""
 
     model: str = field(default="auto", metadata={
-        "help": "auto (weightfree, or the pipeline a --checkpoint names) | weightfree | hallo | v-express | gaia"})
+        "help": "auto (weightfree, or the pipeline a --checkpoint names) | weightfree | a neural system"})
     size: int = field(default=512, metadata={"help": "side of the square head crop written"})
     head_scale: float = field(default=2.0, metadata={"help": "head crop side / the face mesh's larger extent"})
     paste_back: bool = field(default=False, metadata={"help": "write the whole portrait, not the head crop"})
     face_index: int | None = field(default=None, metadata={
         "help": "which face of a portrait with several (0: the largest); required when there are several"})
-    fps: float = 25.0
-    max_duration: float | None = field(default=None, metadata={"help": "animate at most this many seconds of audio"})
-    min_speech_seconds: float = field(default=0.3, metadata={"help": "audio with less voice activity fails its row"})
-    vad_threshold: float = 0.5
+    max_duration: float | None = field(default=None, metadata={"help": "animate at most this many seconds"})
     crf: int = 18
     watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
     steps: int | None = field(default=None, metadata={"help": "denoising steps of a diffusion model (None: its own)"})
@@ -61,15 +57,32 @@ class AnimateConfig(GeneratorOperator.Config):
     seed: int = 0
     faces: FaceTrack.Config = field(default_factory=FaceTrack.Config)
     landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
+
+    neural: ClassVar[tuple[str, ...]] = ()  # the neural systems this job runs
+
+    @classmethod
+    def models(cls) -> tuple[str, ...]:
+        return ("auto", "weightfree", *cls.neural)
+
+
+@dataclass
+class AnimateConfig(PortraitJobConfig):
+    """Settings of an animate-from-speech job."""
+
+    fps: float = 25.0
+    min_speech_seconds: float = field(default=0.3, metadata={"help": "audio with less voice activity fails its row"})
+    vad_threshold: float = 0.5
     portrait: PortraitConfig = field(default_factory=PortraitConfig)
 
+    neural: ClassVar[tuple[str, ...]] = NEURAL
 
-def validate(config: AnimateConfig) -> None:
-    if config.model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {config.model!r}")
+
+def validate(config: PortraitJobConfig) -> None:
+    if config.model not in config.models():
+        raise ValueError(f"model must be one of {config.models()}, got {config.model!r}")
     if config.size < 64 or config.size % 2:
         raise ValueError(f"size must be an even number of pixels >= 64, got {config.size}")
-    if config.fps <= 0:
+    if getattr(config, "fps", None) is not None and config.fps <= 0:
         raise ValueError(f"fps must be positive, got {config.fps}")
     if config.max_duration is not None and config.max_duration <= 0:
         raise ValueError(f"max_duration must be positive, got {config.max_duration}")
@@ -90,25 +103,18 @@ def head_crop(points: np.ndarray, scale: float, size: int) -> np.ndarray:
     return np.array([[k, 0.0, size / 2 - k * centre[0]], [0.0, k, size / 2 - k * centre[1]]])
 
 
-@register_stage
-class AnimatePortrait(GeneratorOperator):
-    """(reference_uri, audio_uri) -> the talking-head mp4 at `out_uri`."""
+class PortraitGenerator(GeneratorOperator):
+    """What the portrait animators share: the face found and meshed on the portrait, the weight-free
+    model or a neural pipeline (named by the config or the checkpoint's model_index.json), the head
+    crop or paste-back framing, and the provenance writer."""
 
-    name = "animate_portrait"
-    version = "1"
     model_name = ""
-    inputs = ("reference_uri", "audio_uri")
-    outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "face_count", "c2pa", "stage_seconds")
-    default_resources = Resources(num_cpus=0.5)
-    Config = AnimateConfig
+    weightfree_label = "weightfree"
 
     def setup(self) -> None:
-        from facefab.audio.features import load_vad
-
         super().setup()
         self.detector = face_detector(self.config.faces)
         self.mesher = face_mesher(self.config.landmarks)
-        self.vad = load_vad()
 
     def checkpoint_uri(self) -> str | None:
         if self.config.model in ("auto", "weightfree"):
@@ -118,34 +124,35 @@ class AnimatePortrait(GeneratorOperator):
         return self.config.checkpoint or checkpoint_for(self.config.model)
 
     def load_default(self):
-        if self.config.model in NEURAL:
+        if self.config.model in self.config.neural:
             return super().load_default()
         self.model_label = "weightfree"
-        return WeightFreePortrait(self.config.portrait)
+        return self.weightfree()
+
+    def weightfree(self):
+        raise NotImplementedError
 
     def load(self, checkpoint: str):
         from facefab.models.weights import resolve_checkpoint
 
         folder = resolve_checkpoint(checkpoint, self.ctx.storage_options, self.config.cache_dir)
-        name = self.config.model if self.config.model in NEURAL else pipeline_name(folder)
+        neural = self.config.neural
+        name = self.config.model if self.config.model in neural else pipeline_name(folder, systems=neural)
         self.model_label = name
         return pipeline_class(name).from_pretrained(folder, device=self.config.device, dtype=self.config.dtype)
 
-    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    def portrait_face(self, row: dict[str, Any], timer: StageTimer) -> tuple[np.ndarray, list, np.ndarray]:
+        """(the portrait (H, W, 3) uint8 RGB, the faces found on it, the chosen face's (478, 3) mesh)."""
         from facefab.face.detection import detect_faces
         from facefab.media import MediaError, read_image
 
-        c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
+        c = self.config
         self.ctx.check_input(row["reference_uri"])
-        self.ctx.check_input(row["audio_uri"])
         with timer("decode"):
             try:
-                image = read_image(row["reference_uri"], opts)
+                image = read_image(row["reference_uri"], self.ctx.storage_options)
             except MediaError as e:
                 raise OperatorError(f"reference: {e}") from e
-            audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
-        check_speech(audio, self.vad, c.vad_threshold, c.min_speech_seconds, f"audio '{row['audio_uri']}'",
-                     "nothing to animate")
         with timer("face"):
             faces = sorted(detect_faces(image[None], self.detector, min_face_px=c.faces.min_face_px)[0],
                            key=lambda d: -float((d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])))
@@ -153,53 +160,36 @@ class AnimatePortrait(GeneratorOperator):
             points = self.mesher(image, face.bbox)
             if points is None:
                 raise OperatorError(f"reference '{row['reference_uri']}': the face mesh found no landmarks on the face")
-            points = np.asarray(points, np.float64)[:, :2]
-        n = max(1, round(len(audio) / FEATURE_RATE * c.fps))
-        pose = None
-        if row.get("pose_uri"):
-            self.ctx.check_input(row["pose_uri"])
-            with timer("pose"):
-                pose = read_pose_series(row["pose_uri"], c.fps, n, self.detector, self.mesher, opts)
-        if isinstance(self.model, WeightFreePortrait):
-            frames = self._weightfree(image, points, audio, n, pose, timer)
-        else:
-            with timer("generate"):
-                frames = self._neural(image, points, audio, n, pose)
-        uri = output_uri(self.ctx, row)
-        with timer("render_encode"):
-            written = self._write(uri, frames, audio, row)
-        return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
-                "duration": round(n / c.fps, 3), "face_count": len(faces), "c2pa": written.get("c2pa"),
-                "stage_seconds": timer.merged_into(row)}
+        return image, faces, np.asarray(points, np.float64)
 
-    def _weightfree(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
-                    pose: np.ndarray | None, timer: StageTimer):
-        """Frames (lazily rendered) of the weight-free photo on the head crop or the whole portrait."""
+    def head_framed(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The weight-free models' canvas: the head crop of `size` (and the mesh in it, z scaled like x),
+        or with paste_back the whole portrait."""
         c = self.config
-        if not c.paste_back:
-            affine = head_crop(points, c.head_scale, c.size)
-            image = cv2.warpAffine(image, affine, (c.size, c.size), flags=cv2.INTER_AREA if affine[0, 0] < 1
-                                   else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
-            points = points @ affine[:, :2].T + affine[:, 2]
-        with timer("audio_features"):
-            arrays = speech_features(audio, c.fps, n, self.vad, c.vad_threshold)
-            speech = as_speech({f"new_{k}": v for k, v in arrays.items()}, "new", c.fps, 8)
-        plan = self.model.plan(points, speech, c.fps, image.shape[:2], pose=pose)
-        return (self.model.render(plan, t, image, points) for t in range(n))
+        if c.paste_back:
+            return image, points
+        affine = head_crop(points, c.head_scale, c.size)
+        image = cv2.warpAffine(image, affine, (c.size, c.size), flags=cv2.INTER_AREA if affine[0, 0] < 1
+                               else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        points = points.copy()
+        points[:, :2] = points[:, :2] @ affine[:, :2].T + affine[:, 2]
+        points[:, 2:] *= affine[0, 0]
+        return image, points
 
-    def _neural(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
-                pose: np.ndarray | None) -> np.ndarray:
-        """The pipeline's frames on the aligned crop, resized to `size` or pasted into the portrait."""
-        from facefab.face.alignment import paste_back, similarity_from_landmarks, warp_to_crop
+    def aligned(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A neural model's input: (the portrait's aligned crop at the model's size, its mesh in the crop,
+        the frame -> crop affine), framed as preprocess frames its training crops."""
+        from facefab.face.alignment import similarity_from_landmarks, warp_to_crop
+
+        affine = similarity_from_landmarks(points, self.model.size)
+        crop = warp_to_crop(image, affine, self.model.size)
+        return crop, (points[:, :2] @ affine[:, :2].T + affine[:, 2]).astype(np.float32), affine
+
+    def framed_output(self, frames, image: np.ndarray, affine: np.ndarray):
+        """A neural model's crops resized to `size`, or pasted into the portrait through the inverse alignment."""
+        from facefab.face.alignment import paste_back
 
         c, side = self.config, self.model.size
-        affine = similarity_from_landmarks(points, side)
-        crop = warp_to_crop(image, affine, side)
-        crop_points = (points @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
-        frames = self.model(crop, crop_points, audio.astype(np.float32), c.fps, n, pose=pose, steps=c.steps,
-                            guidance_scale=c.guidance_scale, seed=c.seed)
-        if len(frames) != n:
-            raise OperatorError(f"{self.model_label} returned {len(frames)} frames for {n}")
         if c.paste_back:
             inverse = cv2.invertAffineTransform(affine)
             return (paste_back(image, frame, inverse) for frame in frames)
@@ -219,15 +209,86 @@ class AnimatePortrait(GeneratorOperator):
             raise OperatorError(f"reference '{uri}' shows {len(faces)} face(s); --face-index {index} is out of range")
         return faces[index]
 
-    def _write(self, uri: str, frames, audio: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:
+    def write(self, uri: str, frames, fps: float, audio: np.ndarray | None, audio_rate: int,
+              row: dict[str, Any]) -> dict[str, Any]:
         from facefab.media import provenance
 
         c = self.config
-        model = "weightfree-portrait" if self.model_label == "weightfree" else self.model_label
-        return provenance.write_synthetic_video(uri, frames, c.fps, model=model,
-                                                job_id=row.get("job_id") or row["id"], audio=audio,
-                                                audio_rate=FEATURE_RATE, crf=c.crf,
+        model = self.weightfree_label if self.model_label == "weightfree" else self.model_label
+        return provenance.write_synthetic_video(uri, frames, fps, model=model, job_id=row.get("job_id") or row["id"],
+                                                audio=audio, audio_rate=audio_rate, crf=c.crf,
                                                 storage_options=self.ctx.storage_options, watermark=c.watermark)
+
+
+@register_stage
+class AnimatePortrait(PortraitGenerator):
+    """(reference_uri, audio_uri) -> the talking-head mp4 at `out_uri`."""
+
+    name = "animate_portrait"
+    version = "1"
+    weightfree_label = "weightfree-portrait"
+    inputs = ("reference_uri", "audio_uri")
+    outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "face_count", "c2pa", "stage_seconds")
+    default_resources = Resources(num_cpus=0.5)
+    Config = AnimateConfig
+
+    def setup(self) -> None:
+        from facefab.audio.features import load_vad
+
+        super().setup()
+        self.vad = load_vad()
+
+    def weightfree(self):
+        return WeightFreePortrait(self.config.portrait)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
+        self.ctx.check_input(row["audio_uri"])
+        image, faces, points = self.portrait_face(row, timer)
+        with timer("decode"):
+            audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
+        check_speech(audio, self.vad, c.vad_threshold, c.min_speech_seconds, f"audio '{row['audio_uri']}'",
+                     "nothing to animate")
+        n = max(1, round(len(audio) / FEATURE_RATE * c.fps))
+        pose = None
+        if row.get("pose_uri"):
+            self.ctx.check_input(row["pose_uri"])
+            with timer("pose"):
+                pose = read_pose_series(row["pose_uri"], c.fps, n, self.detector, self.mesher, opts)
+        if isinstance(self.model, WeightFreePortrait):
+            frames = self._weightfree(image, points, audio, n, pose, timer)
+        else:
+            with timer("generate"):
+                frames = self._neural(image, points, audio, n, pose)
+        uri = output_uri(self.ctx, row)
+        with timer("render_encode"):
+            written = self.write(uri, frames, c.fps, audio, FEATURE_RATE, row)
+        return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
+                "duration": round(n / c.fps, 3), "face_count": len(faces), "c2pa": written.get("c2pa"),
+                "stage_seconds": timer.merged_into(row)}
+
+    def _weightfree(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
+                    pose: np.ndarray | None, timer: StageTimer):
+        """Frames (lazily rendered) of the weight-free photo on the head crop or the whole portrait."""
+        c = self.config
+        image, points = self.head_framed(image, points)
+        points = points[:, :2]
+        with timer("audio_features"):
+            arrays = speech_features(audio, c.fps, n, self.vad, c.vad_threshold)
+            speech = as_speech({f"new_{k}": v for k, v in arrays.items()}, "new", c.fps, 8)
+        plan = self.model.plan(points, speech, c.fps, image.shape[:2], pose=pose)
+        return (self.model.render(plan, t, image, points) for t in range(n))
+
+    def _neural(self, image: np.ndarray, points: np.ndarray, audio: np.ndarray, n: int,
+                pose: np.ndarray | None):
+        """The pipeline's frames on the aligned crop, resized to `size` or pasted into the portrait."""
+        c = self.config
+        crop, crop_points, affine = self.aligned(image, points)
+        frames = self.model(crop, crop_points, audio.astype(np.float32), c.fps, n, pose=pose, steps=c.steps,
+                            guidance_scale=c.guidance_scale, seed=c.seed)
+        if len(frames) != n:
+            raise OperatorError(f"{self.model_label} returned {len(frames)} frames for {n}")
+        return self.framed_output(frames, image, affine)
 
 
 def pipeline_class(name: str):
@@ -243,7 +304,7 @@ def pipeline_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def pipeline_name(folder_or_uri: str, storage_options: dict | None = None) -> str:
+def pipeline_name(folder_or_uri: str, storage_options: dict | None = None, systems: tuple[str, ...] = NEURAL) -> str:
     """Which neural system a checkpoint folder holds: the `_class_name` of its model_index.json."""
     import json
 
@@ -253,15 +314,16 @@ def pipeline_name(folder_or_uri: str, storage_options: dict | None = None) -> st
         index = json.loads(read_bytes(join_uri(folder_or_uri, "model_index.json"), storage_options))
     except FileNotFoundError:
         raise ValueError(f"checkpoint {folder_or_uri} has no model_index.json: name its system with --model "
-                         f"({' | '.join(NEURAL)})") from None
+                         f"({' | '.join(systems)})") from None
     from facefab.models.registry import get
 
-    for name in NEURAL:
+    for name in systems:
         spec = get(name)
         if spec.model and spec.model.split(":")[1] == index.get("_class_name"):
             return name
     raise ValueError(f"checkpoint {folder_or_uri} holds a {index.get('_class_name')!r}, not a pipeline of "
-                     f"{[n for n in NEURAL if get(n).model]}")
+                     f"{[n for n in systems if get(n).model]}")
 
 
-__all__ = ["NEURAL", "AnimateConfig", "AnimatePortrait", "head_crop", "pipeline_class", "pipeline_name", "validate"]
+__all__ = ["NEURAL", "AnimateConfig", "AnimatePortrait", "PortraitGenerator", "PortraitJobConfig", "head_crop",
+           "pipeline_class", "pipeline_name", "validate"]

@@ -1,9 +1,11 @@
-"""`facefab animate` from speech: one portrait + one speech track (+ an optional pose to follow) per row.
+"""`facefab animate`: one portrait per row, moved by a speech track (+ an optional pose to follow) or by a
+driving video.
 
-    animate_portrait       (the stage: facefab.operators.animate)
+    animate_portrait       from speech (facefab.operators.animate)
+    reenact_portrait       from a driving video (facefab.operators.reenact)
 
-Rows (kind "animate") carry job_id, model, checkpoint, reference_uri, audio_uri, pose_uri, out_uri,
-out_name, frames, duration and `stage_seconds`.
+Rows (kind "animate") carry job_id, model, checkpoint, reference_uri, audio_uri (+ pose_uri) or video_uri,
+out_uri, out_name, frames, duration and `stage_seconds`.
 """
 
 from __future__ import annotations
@@ -11,44 +13,66 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from facefab.operators.animate import NEURAL, AnimateConfig, AnimatePortrait, pipeline_name, validate
+from facefab.operators.animate import AnimateConfig, AnimatePortrait, PortraitJobConfig, pipeline_name, validate
 from facefab.operators.base import Operator, Resources, RunContext
+from facefab.operators.reenact import ReenactJobConfig, ReenactPortrait
 
 from .engine import PipelineRun, RunSummary, run_pipeline
 
 
-def resolve_model(config: AnimateConfig, storage_options: dict | None = None) -> AnimateConfig:
+def resolve_model(config: PortraitJobConfig, storage_options: dict | None = None) -> PortraitJobConfig:
     """`config` with `model` named: "auto" is the weight-free photo without a checkpoint, else the
     system the checkpoint's model_index.json names. A neural model without weights is a usage error."""
     from facefab.models.registry import checkpoint_for, env_var
 
     validate(config)
     if config.model == "auto":
-        model = pipeline_name(config.checkpoint, storage_options) if config.checkpoint else "weightfree"
+        model = pipeline_name(config.checkpoint, storage_options, config.neural) if config.checkpoint else "weightfree"
         return replace(config, model=model)
-    if config.model in NEURAL and not (config.checkpoint or checkpoint_for(config.model)):
+    if config.model in config.neural and not (config.checkpoint or checkpoint_for(config.model)):
         raise ValueError(f"--model {config.model} needs weights: --checkpoint DIR or ${env_var(config.model)} "
                          f"(none ship; make them with `facefab train {config.model}` or `facefab convert "
                          f"{config.model}` from the released checkpoint)")
     return config
 
 
-def build_operators(config: AnimateConfig, storage_options: dict | None = None) -> list[Operator]:
+def build_operators(config: PortraitJobConfig, storage_options: dict | None = None) -> list[Operator]:
     config = resolve_model(config, storage_options)
+    stage = ReenactPortrait if isinstance(config, ReenactJobConfig) else AnimatePortrait
     # a neural model takes a GPU per actor when the cluster has them (GeneratorOperator's default)
-    resources = AnimatePortrait.default_resources if config.model == "weightfree" else Resources(num_cpus=0.5,
-                                                                                                 num_gpus=1.0)
-    return [AnimatePortrait(config, resources=resources)]
+    resources = stage.default_resources if config.model == "weightfree" else Resources(num_cpus=0.5, num_gpus=1.0)
+    return [stage(config, resources=resources)]
+
+
+def config_class(inputs: list[dict[str, Any]]) -> type[PortraitJobConfig]:
+    """The job's settings class: from a driving video when the rows carry video_uri, else from speech."""
+    return ReenactJobConfig if "video_uri" in inputs[0] else AnimateConfig
 
 
 def animate_inputs(manifest: str | None = None, reference: str | None = None, audio: str | None = None,
-                   storage_options: dict[str, Any] | None = None, pose: str | None = None) -> list[dict[str, Any]]:
-    """Input rows {id, reference_uri, audio_uri, job_id, out_name, ...} from a Parquet/CSV manifest
-    (columns reference_uri, audio_uri, optional pose_uri, job_id, out_name; other columns are kept) or
-    one pair (+ pose). The id is stable over (reference_uri, audio_uri, job_id), so reruns resume."""
-    from .inputs import pair_inputs
+                   storage_options: dict[str, Any] | None = None, pose: str | None = None,
+                   driving: str | None = None) -> list[dict[str, Any]]:
+    """Input rows {id, reference_uri, audio_uri | video_uri, job_id, out_name, ...} from a Parquet/CSV
+    manifest (columns reference_uri and audio_uri (+ optional pose_uri), or reference_uri and video_uri
+    (a driving video); optional job_id, out_name; other columns are kept), or one portrait with --audio
+    (+ --pose) or --driving. The id is stable over (both URIs, job_id), so reruns resume."""
+    from .inputs import pair_inputs, read_catalog_table
 
-    rows = pair_inputs("animate", manifest, {"reference_uri": reference, "audio_uri": audio}, storage_options)
+    if audio and driving:
+        raise ValueError("give --audio (animate from speech) or --driving (from a driving video), not both")
+    if manifest:
+        records = read_catalog_table(manifest, storage_options)
+        columns = set(records[0]) if records else set()
+        if {"audio_uri", "video_uri"} <= columns:
+            raise ValueError(f"{manifest}: an animate manifest has audio_uri (from speech) or video_uri (from a "
+                             "driving video), not both")
+        driven = "video_uri" in columns
+    else:
+        driven = bool(driving)
+    second = {"video_uri": driving} if driven else {"audio_uri": audio}
+    rows = pair_inputs("animate", manifest, {"reference_uri": reference, **second}, storage_options)
+    if pose and driven:
+        raise ValueError("--pose goes with --audio: a driving video gives the pose itself")
     if pose:
         if manifest:
             raise ValueError("--pose goes with --reference/--audio; a manifest gives pose_uri per row")
@@ -56,7 +80,7 @@ def animate_inputs(manifest: str | None = None, reference: str | None = None, au
     return rows
 
 
-def run_animate(inputs: list[dict[str, Any]], config: AnimateConfig, ctx: RunContext,
+def run_animate(inputs: list[dict[str, Any]], config: PortraitJobConfig, ctx: RunContext,
                 **run_options: Any) -> RunSummary:
     """Animate `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit, progress,
     max_failed_fraction, commit_seconds)."""
@@ -67,4 +91,4 @@ def run_animate(inputs: list[dict[str, Any]], config: AnimateConfig, ctx: RunCon
     return run_pipeline(run, ops, inputs)
 
 
-__all__ = ["animate_inputs", "build_operators", "resolve_model", "run_animate"]
+__all__ = ["animate_inputs", "build_operators", "config_class", "resolve_model", "run_animate"]

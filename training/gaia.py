@@ -47,12 +47,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facefab.face.smoothing import fill_missing
 from facefab.models.gaia.config import motion_config, vae_config
 from facefab.models.gaia.landmarks import landmark_batch
 from facefab.models.gaia.motion_diffusion import GaiaMotionDiffusion
 from facefab.models.gaia.pipeline import MOTION_FOLDER, SCHEDULER_FOLDER, VAE_FOLDER, save_part
 from facefab.models.gaia.vae import GaiaVAE
-from facefab.models.mytalk.motion import fill_missing
 from facefab.models.shared.latents import to_unit
 from facefab.models.shared.sampling import make_scheduler, noisy_batch
 

@@ -39,10 +39,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from facefab.face.smoothing import fill_missing
 from facefab.models.mytalk.config import motion_config, paper, render_config, tiny
-from facefab.models.mytalk.motion import MOTION_POINTS, MyTalkMotion, fill_missing, motion_loss, normalised_68
+from facefab.models.mytalk.motion import MOTION_POINTS, MyTalkMotion, motion_loss, normalised_68
 from facefab.models.mytalk.pipeline import MOTION_FOLDER, RENDERER_FOLDER, save_pipeline_part
-from facefab.models.shared.speech import audio_mel_windows
 from facefab.models.mytalk.renderer import (
     MyTalkRenderer,
     feather_px,
@@ -52,6 +52,7 @@ from facefab.models.mytalk.renderer import (
     to_model_inputs,
     warp_box,
 )
+from facefab.models.shared.speech import audio_mel_windows
 from facefab.operators.track_row import read_frame_table
 
 from .export import merge_into

@@ -1,4 +1,5 @@
-"""`facefab animate [MANIFEST] --out ROOT`: portraits + speech tracks -> talking-head videos.
+"""`facefab animate [MANIFEST] --out ROOT`: portraits + speech tracks -> talking-head videos, or
+portraits + driving videos -> the portrait moved like the driving face (reenactment).
 
 MANIFEST is a Parquet or CSV table (local or s3://) with the columns reference_uri (a portrait
 image) and audio_uri (speech), and optionally pose_uri (a driving video or a yaw/pitch/roll table to
@@ -14,6 +15,13 @@ slow head sway or the pose to follow). --model hallo | v-express | gaia --checkp
 s3://; from `facefab train` or `facefab convert`) runs that neural pipeline on the portrait's
 aligned face crop; --checkpoint alone picks the system its model_index.json names. A portrait with
 several faces needs --face-index.
+
+From a driving video: --reference portrait.jpg --driving drive.mp4, or a MANIFEST with reference_uri
+and video_uri. The output has the driving video's frame rate and length (--max-duration cuts it) and its
+audio. The driving face's motion relative to its first frame moves the portrait, which keeps its own face
+shape (--relative false: the driving face's absolute shape). Without a checkpoint the weight-free
+mesh-driven reenactment runs; --model face-vid2vid --checkpoint DIR (from `facefab train facevid2vid`)
+runs face-vid2vid. Settings only the driving-video path has: --relative, --motion-*.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ HELP = "animate portraits with speech (manifest of reference/audio pairs)"
 
 def add_parser(sub) -> None:
     from facefab.operators.animate import AnimateConfig
+    from facefab.operators.reenact import ReenactJobConfig
 
     from ..cli import add_run_args
+    from ..config import walk_fields
 
     p = sub.add_parser("animate", help=HELP,
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,21 +46,23 @@ def add_parser(sub) -> None:
     p.add_argument("--reference", default=None, help="one portrait image (with --audio, instead of a MANIFEST)")
     p.add_argument("--audio", default=None, help="its speech track")
     p.add_argument("--pose", default=None, help="a driving video or pose table to follow (with --reference)")
+    p.add_argument("--driving", default=None, help="a driving video to reenact (with --reference, instead of --audio)")
     add_run_args(p)
     add_config_flags(p, AnimateConfig)
+    shared = {name for name, *_ in walk_fields(AnimateConfig)}
+    add_config_flags(p, ReenactJobConfig, skip=shared)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from facefab.manifests.storage import join_uri, storage_options_from_env
-    from facefab.operators.animate import AnimateConfig
-    from facefab.pipelines.animate import animate_inputs, build_operators, run_animate
+    from facefab.pipelines.animate import animate_inputs, build_operators, config_class, run_animate
 
     from ..cli import report_run, run_context, run_options
 
-    config = build_config(AnimateConfig, args, args.config)
     opts = storage_options_from_env(args.storage_options)
+    inputs = animate_inputs(args.manifest, args.reference, args.audio, opts, pose=args.pose, driving=args.driving)
+    config = build_config(config_class(inputs), args, args.config)
     build_operators(config, opts)  # fail fast on a bad setting or missing weights, before Ray starts
-    inputs = animate_inputs(args.manifest, args.reference, args.audio, opts, pose=args.pose)
     summary = run_animate(inputs, config, run_context(args, opts), **run_options(args))
     return report_run(summary, outputs=join_uri(args.out, "outputs"))

@@ -51,20 +51,6 @@ def motion_points(points68: np.ndarray) -> np.ndarray:
     return points68[..., MOTION_POINTS, :]
 
 
-def fill_missing(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T, ...) per-frame points with NaN frames -> (filled by linear interpolation over time, valid (T,))."""
-    points = np.asarray(points, np.float32)
-    valid = np.all(np.isfinite(points.reshape(len(points), -1)), axis=1)
-    if not valid.any():
-        raise ValueError("no frame has landmarks")
-    if valid.all():
-        return points, valid
-    flat = points.reshape(len(points), -1)
-    known = np.flatnonzero(valid)
-    filled = np.stack([np.interp(np.arange(len(points)), known, flat[known, k]) for k in range(flat.shape[1])], 1)
-    return filled.reshape(points.shape).astype(np.float32), valid
-
-
 def pick_frames(valid: np.ndarray, count: int) -> np.ndarray:
     """`count` frame indices spread evenly over the valid frames (repeats when there are fewer)."""
     known = np.flatnonzero(valid)
@@ -140,7 +126,6 @@ __all__ = [
     "NUM_MOTION_POINTS",
     "OUTER_LIPS",
     "MyTalkMotion",
-    "fill_missing",
     "motion_loss",
     "motion_points",
     "normalised_68",

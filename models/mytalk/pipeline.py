@@ -28,10 +28,12 @@ import cv2
 import numpy as np
 import torch
 
+from facefab.face.smoothing import fill_missing
+
 from ..shared.speech import audio_mel_windows
 from ..shared.windows import blend_windows, window_spans
 from ..weights import CheckpointError, load_model, resolve_checkpoint
-from .motion import MOTION_POINTS, MyTalkMotion, fill_missing, normalised_68, pick_frames
+from .motion import MOTION_POINTS, MyTalkMotion, normalised_68, pick_frames
 from .renderer import MyTalkRenderer, frame_inputs, lip_box, to_model_inputs, warp_box
 
 log = logging.getLogger(__name__)

@@ -148,13 +148,16 @@ def eye_lids() -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
     return tuple(lids)
 
 
-def close_eyes(image: np.ndarray, xy: np.ndarray, amount: float, reach: float = 0.85) -> np.ndarray:
-    """Both upper lids lowered `amount` (1: closed) by a mesh warp held still on the lower lid and
+def close_eyes(image: np.ndarray, xy: np.ndarray, amount, reach: float = 0.85) -> np.ndarray:
+    """Both upper lids lowered `amount` (1: closed; or one amount per eye of EYES) by a mesh warp held still on the lower lid and
     on a ring around each eye: the lid and its lashes come down over `reach` of the eye's height
     (all the way would fold the warp onto itself), and the slit left below them is filled with
     the lash line's colour as the eye shuts."""
     out = image
-    for (outer, inner, _, bottom), (upper, lower, loop) in zip(EYES, eye_lids(), strict=True):
+    amounts = np.broadcast_to(np.asarray(amount, np.float64), (len(EYES),))
+    for (outer, inner, _, bottom), (upper, lower, loop), amount in zip(EYES, eye_lids(), amounts, strict=True):
+        if amount <= 0.02:
+            continue
         centre, u, v, eye_w = part_axes(xy, outer, inner, bottom)
         along_low = (xy[lower] - centre) @ u
         order = np.argsort(along_low)

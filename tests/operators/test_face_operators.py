@@ -15,6 +15,7 @@ from facefab.face.alignment import paste_back, similarity_from_landmarks, warp_t
 from facefab.face.detection import Detection, detect_faces, track_faces
 from facefab.face.mesh import MEDIAPIPE_TO_68, FaceMesher, to_68
 from facefab.face.pose import head_pose
+from facefab.face.scores import image_psnr
 from facefab.face.smoothing import moving_average
 from facefab.media import probe, read_frames, write_video
 from facefab.media.arrays import unpack_arrays
@@ -41,11 +42,6 @@ def clip_row(uri: Path | str, start: float, end: float, *, width: int, height: i
 
 def chain(**track_config) -> list:
     return [FaceTrack(track_config or None), FaceLandmarks(), AlignCrop(), HeadPose()]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +218,7 @@ def test_paste_back_restores_the_face_region():
     restored = paste_back(frame, warp_to_crop(frame, affine, 512), inverse)
 
     x0, y0, x1, y1 = dets[0].bbox.astype(int)
-    assert psnr(restored[y0:y1, x0:x1], frame[y0:y1, x0:x1]) > 25
+    assert image_psnr(restored[y0:y1, x0:x1], frame[y0:y1, x0:x1]) > 25
     assert restored.shape == frame.shape and restored.dtype == np.uint8
 
 
@@ -280,7 +276,7 @@ def test_a_clip_too_large_to_keep_decoded_streams_with_the_same_results(drive_ro
         a, b = unpack_arrays(streamed[column]), unpack_arrays(cached[column])
         for key in b:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{column}.{key}")
-    assert psnr(read_frames(streamed["crop_uri"]), read_frames(cached["crop_uri"])) > 60
+    assert image_psnr(read_frames(streamed["crop_uri"]), read_frames(cached["crop_uri"])) > 60
 
 
 def test_take_picks_increasing_frames_from_arrays_and_streams():
