@@ -11,6 +11,10 @@ A config is a plain dict, stored as the pipeline folder's `pipeline.json` next t
   each, standardised by `mel_mean` / `mel_std`. "wav2vec2": the official features (all 12 hidden states
   of wav2vec2-base-960h, interpolated to one per video frame), used by converted official checkpoints,
   which bring `audio_encoder/`.
+- `audio_block`: the denoiser's audio modules (shared.motion_unet): "hallo" (the official audio module:
+  self-attention, a cross-attention per region behind a zero conv, feed-forward; what the released
+  net.pth holds) or "simple" (one cross-attention with a learned scale per region; folders exported
+  before the "hallo" block existed, whose pipeline.json lacks the key).
 - `masks`: the region masks made from the reference mesh (official values): the face box expanded
   `face_expand` times (the face locator's input), the lip box `lip_expand` times; both blurred at
   `mask_size` px with Gaussian kernels `face_blur` / `lip_blur` into the pose / face / lip weights of
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import copy
 
-from ..shared.motion_unet import unet2d_config
+from ..shared.motion_unet import AUDIO_BLOCKS, unet2d_config
 
 REGIONS = ("pose", "face", "lip")  # order of the region masks (the official full / face / lip masks)
 FACE_EMBEDDING_DIM = 512  # insightface ArcFace (buffalo_l) embedding
@@ -49,6 +53,7 @@ _PAPER: dict = {
     "audio_proj": {"seq_len": 5, "blocks": 4, "channels": 80, "intermediate_dim": 512, "output_dim": 768,
                    "context_tokens": 32},
     "audio": MEL_AUDIO,
+    "audio_block": "hallo",
     "masks": MASKS,
     "latent": {"type": "vae"},
     "scheduler": {},
@@ -68,6 +73,7 @@ _TINY: dict = {
     "audio_proj": {"seq_len": 5, "blocks": 4, "channels": 80, "intermediate_dim": 64, "output_dim": 32,
                    "context_tokens": 8},
     "audio": MEL_AUDIO,
+    "audio_block": "hallo",
     "masks": MASKS,
     "latent": {"type": "pixel", "factor": 4},
     "scheduler": {},
@@ -101,7 +107,7 @@ def latent_factor(config: dict) -> int:
 
 def check(config: dict) -> dict:
     """`config` if its parts fit together, else ValueError naming the mismatch."""
-    missing = set(_PAPER) - set(config)
+    missing = set(_PAPER) - set(config) - {"audio_block"}  # optional: "simple" when absent
     if missing:
         raise ValueError(f"hallo config lacks {sorted(missing)}")
     size, factor, unet = int(config["size"]), latent_factor(config), config["unet"]
@@ -118,6 +124,8 @@ def check(config: dict) -> dict:
                          f"({unet['block_out_channels'][0]}): its features are added after conv_in")
     if config["image_proj"]["cross_attention_dim"] != unet["cross_attention_dim"]:
         raise ValueError("image_proj.cross_attention_dim must be the UNet's cross_attention_dim")
+    if config.get("audio_block", "simple") not in AUDIO_BLOCKS:
+        raise ValueError(f"audio_block must be one of {AUDIO_BLOCKS}, got {config['audio_block']!r}")
     if config["audio"]["features"] not in ("mel", "wav2vec2"):
         raise ValueError(f"audio.features must be 'mel' or 'wav2vec2', got {config['audio']['features']!r}")
     if config["audio"]["features"] == "mel" and config["audio_proj"]["channels"] != 80:

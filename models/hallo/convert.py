@@ -13,17 +13,15 @@ audioproj). Key by key:
 - denoising_unet, motion modules: AnimateDiff names -> diffusers' (shared with V-Express' converter:
   `temporal_transformer.` dropped, attention_blocks.0/1 -> attn1/2, norms.0/1 -> norm1/2, ff_norm -> norm3,
   each attention block's `pos_encoder.pe` -> the block's `pos_embed.pe`, the same sinusoid).
-- denoising_unet, audio modules: NOT placed. The official audio module is a Transformer3DModel whose
-  block has a self-attention, three region cross-attentions (attn2_0/1/2: full, face, lip) each behind a
-  zero conv, and a feed-forward; facefab's shared AudioAttention is one cross-attention with a learned
-  scale per region mask. Every official `audio_modules.` tensor is reported as unmapped and facefab's
-  audio modules keep their fresh (zero-output) initialisation: a converted model animates the reference
-  but is not driven by the speech until its stage 2 is trained (`facefab train hallo --stage stage2
-  --system-options '{"init": DST}'`).
+- denoising_unet, audio modules (`<block>.audio_modules.<i>.`): the same names. The official audio
+  module (a Transformer3DModel: norm, proj_in, a block with attn1, attn2_0/1/2 for the full / face / lip
+  regions, zero_conv_full/face/lip and ff, proj_out) is built as such by the "hallo" audio_block of
+  the shared denoiser (shared.motion_unet.RegionAudioModule), with the official widths. With the
+  "simple" block (a config without "audio_block") they are all reported as not placed.
 - sd-vae-ft-mse/ -> vae/, wav2vec2-base-960h/ -> audio_encoder/ (as Wav2Vec2Model), when found.
 
-The config is `config.official()`: the paper sizes with wav2vec2 speech features. Every official tensor
-that is not placed (unknown name, other shape, audio modules) is listed in the report, and every
+The config is `config.official()`: the paper sizes with wav2vec2 speech features and the "hallo" audio
+block. Every official tensor that is not placed (unknown name, other shape) is listed in the report, and every
 facefab tensor no official one filled keeps its fresh initialisation and is listed too.
 """
 
@@ -48,11 +46,13 @@ NET_FILE = "net.pth"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
-def official_name(part: str, key: str) -> str | None:
-    """The facefab name of an official `part` parameter, or None for one facefab does not place."""
-    if part == "denoising_unet" and ".audio_modules." in f".{key}":
+def official_name(part: str, key: str, audio_block: str = "hallo") -> str | None:
+    """The facefab name of an official `part` parameter (the motion modules renamed, the rest as is), or
+    None for an audio module when the denoiser's audio block is not the official one (a few of the
+    "simple" block's names, norm or proj_in.bias, would match without meaning the same)."""
+    if part == "denoising_unet" and ".audio_modules." in f".{key}" and audio_block != "hallo":
         return None
-    return official_to_facefab("denoising_unet", key) if part == "denoising_unet" else key
+    return official_to_facefab(part, key)
 
 
 def _find_net(src: str) -> str:
@@ -126,7 +126,7 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         state: dict[str, torch.Tensor] = {}
         for key, tensor in by_part[part].items():
-            ours = official_name(part, key)
+            ours = official_name(part, key, config.get("audio_block", "simple"))
             if ours in expected and expected[ours] == tuple(tensor.shape):
                 state[ours] = tensor.detach().to(torch.float32).contiguous()
             else:

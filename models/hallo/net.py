@@ -45,7 +45,8 @@ PART_CLASSES: dict[str, type] = {"reference_unet": UNet2DConditionModel, "denois
 
 def _fresh_denoiser(config: dict) -> AudioUNetMotionModel:
     denoiser = build_denoiser(config["unet"], config["motion_preset"],
-                              audio_attention_dim=config["audio_proj"]["output_dim"], audio_regions=len(REGIONS))
+                              audio_attention_dim=config["audio_proj"]["output_dim"], audio_regions=len(REGIONS),
+                              audio_block=config.get("audio_block", "simple"))
     for name, module in denoiser.named_modules():
         if re.search(r"\.motion_modules\.\d+\.proj_out$", name):  # AnimateDiff's zero-initialised output
             nn.init.zeros_(module.weight)

@@ -3,8 +3,10 @@
 - `windows`: temporal windows with cross-faded overlaps.
 - `speech`: per-frame log-mel speech features (`audio_mel_windows`, `speech_windows`).
 - `audio_projection`: speech features -> per-frame context tokens (Hallo's AudioProjModel).
-- `reference_attention`: ReferenceNet attention injection (reference UNet -> denoiser self-attention).
-- `motion_unet`: the video denoiser (SD1.5 spatial + AnimateDiff temporal modules + audio attention).
+- `reference_attention`: ReferenceNet attention injection (reference UNet -> denoiser: joined to its
+  self-attention, Hallo's form, or V-Express' separate reference attention).
+- `motion_unet`: the video denoiser (SD1.5 spatial + AnimateDiff temporal modules + audio attention:
+  a simple one or Hallo's official audio modules).
 - `latents`: SD VAE or pixel latents.
 - `sampling`: DDIM scheduler, training targets, classifier-free guidance, windowed sampling with
   overlap (V-Express) or motion frames (Hallo).

@@ -6,12 +6,15 @@ AnimateDiff temporal modules (diffusers' `UNetMotionModel`) + optional per-frame
   UNet of a system is a `UNet2DConditionModel(**unet2d_config(...))`.
 - `motion_config(unet_cfg, preset)`: the same layout as a `UNetMotionModel` config (temporal
   modules `down_blocks.i.motion_modules.j`, AnimateDiff's layout, 32 positions).
-- `AudioUNetMotionModel`: UNetMotionModel + `audio_modules` (one `AudioAttention` per spatial
-  attention of every cross-attention block, like Hallo's `down_blocks.i.audio_modules.j`): each frame's
-  tokens attend to that frame's audio tokens; the output projection starts at zero (a fresh model is
-  the base UNet) and is weighted by region masks when given (Hallo's lip / expression / pose split:
-  one learned scale per region). They run between the spatial attention and the temporal module.
+- `AudioUNetMotionModel`: UNetMotionModel + `audio_modules` (one per spatial attention of every
+  cross-attention block, Hallo's `down_blocks.i.audio_modules.j`), run between the spatial attention and
+  the temporal module: each frame's tokens attend to that frame's audio tokens, weighted by region masks
+  when given. `audio_block` picks the kind: "simple" (`AudioAttention`: one cross-attention, one learned
+  scale per region) or "hallo" (`RegionAudioModule`: the official Hallo audio module, keys and shapes as
+  in the released net.pth). Their output starts at zero (a fresh model is the base UNet).
   `with audio_conditioning(unet, tokens, masks): unet(latents, t, encoder_hidden_states=...)`.
+  `reference_attention="separate"` adds V-Express' `norm1_5` / `attn1_5` to every spatial transformer
+  block (shared.reference_attention); "joined" (the default) adds nothing.
 
 Calling convention: `unet(latents (B,C,F,h,w), t, encoder_hidden_states=(B*F, L, D)).sample`
 (per-frame cross-attention context, e.g. face-embedding tokens repeated over frames).
@@ -24,8 +27,12 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import UNetMotionModel
+from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
+
+from .reference_attention import MODES as REFERENCE_MODES
+from .reference_attention import add_separate_reference_modules
 
 SD15_UNET = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4,
@@ -70,6 +77,15 @@ def motion_config(unet_cfg: dict, preset: str = "sd15", **overrides) -> dict:
     return {**cfg, **overrides}
 
 
+def _region_weights(masks: torch.Tensor | None, regions: int, h: int, w: int, dtype) -> torch.Tensor | None:
+    """(N, R, H, W) masks -> (N, R, h, w) at the tokens' grid (area-averaged), checked against R."""
+    if masks is None:
+        return None
+    if masks.shape[1] != regions:
+        raise ValueError(f"{masks.shape[1]} region masks for {regions} regions")
+    return nn.functional.interpolate(masks.to(dtype), size=(h, w), mode="area")
+
+
 class AudioAttention(nn.Module):
     """Per-frame cross-attention of spatial tokens to audio tokens, added as a residual."""
 
@@ -92,41 +108,138 @@ class AudioAttention(nn.Module):
         x = self.proj_out(self.attn(self.proj_in(x), encoder_hidden_states=tokens.to(x.dtype)))
         x = x.reshape(n, h, w, c).permute(0, 3, 1, 2)
         if masks is not None and self.region_scale is not None:
-            if masks.shape[1] != len(self.region_scale):
-                raise ValueError(f"{masks.shape[1]} region masks for {len(self.region_scale)} region scales")
-            weight = nn.functional.interpolate(masks.to(x.dtype), size=(h, w), mode="area")
+            weight = _region_weights(masks, len(self.region_scale), h, w, x.dtype)
             x = x * (weight * self.region_scale.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         return hidden + x
+
+
+class _RegionAudioBlock(nn.Module):
+    """Hallo's AudioTemporalBasicTransformerBlock (every block enabled, as the released unet.yaml's
+    stack_enable_blocks): self-attention, one cross-attention to the audio per region (`attn2_0/1/2`:
+    full, face, lip) whose output is multiplied by that region's mask and passed through its zero conv
+    (`zero_conv_full/face/lip`), the three added; then the feed-forward."""
+
+    REGIONS = ("full", "face", "lip")
+
+    def __init__(self, dim: int, audio_dim: int, heads: int):
+        super().__init__()
+        for region in self.REGIONS:
+            conv = nn.Conv2d(dim, dim, kernel_size=1)
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            setattr(self, f"zero_conv_{region}", conv)
+        self.attn1 = Attention(query_dim=dim, heads=heads, dim_head=dim // heads)
+        self.norm1 = nn.LayerNorm(dim)
+        for i in range(len(self.REGIONS)):
+            setattr(self, f"attn2_{i}", Attention(query_dim=dim, cross_attention_dim=audio_dim, heads=heads,
+                                                  dim_head=dim // heads))
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, activation_fn="geglu")
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None, h: int, w: int):
+        """x (N, h*w, C), tokens (N, L, D), weights (N, 3, h, w) or None (every region everywhere)."""
+        x = self.attn1(self.norm1(x)) + x
+        normed, out = self.norm2(x), x
+        for i, region in enumerate(self.REGIONS):
+            a = getattr(self, f"attn2_{i}")(normed, encoder_hidden_states=tokens)
+            a = a.reshape(len(a), h, w, -1).permute(0, 3, 1, 2)
+            if weights is not None:
+                a = a * weights[:, i:i + 1]
+            out = out + getattr(self, f"zero_conv_{region}")(a).flatten(2).transpose(1, 2)
+        return self.ff(self.norm3(out)) + out
+
+
+class RegionAudioModule(nn.Module):
+    """Hallo's audio module: the official Transformer3DModel(use_audio_module=True) of one frame, with its
+    names (norm, proj_in, transformer_blocks.0, proj_out; 1x1 convolutions, SD1.5's
+    use_linear_projection=False). `inner` is the official width of its attention, which is not always
+    the block's (`in_channels // heads` heads of the block's input width, see AudioUNetMotionModel).
+    proj_out starts at zero (the official starts it at random, the zero convs at zero) so that a fresh
+    module adds nothing."""
+
+    def __init__(self, channels: int, inner: int, audio_dim: int, heads: int, norm_groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, kernel_size=1)
+        self.transformer_blocks = nn.ModuleList([_RegionAudioBlock(inner, audio_dim, heads)])
+        self.proj_out = nn.Conv2d(inner, channels, kernel_size=1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (N,C,h,w), tokens (N,L,D), masks (N,3,H,W) in [0,1] (full, face, lip) at any resolution."""
+        n, _, h, w = hidden.shape
+        x = self.proj_in(self.norm(hidden))
+        x = x.flatten(2).transpose(1, 2)
+        weights = _region_weights(masks, len(_RegionAudioBlock.REGIONS), h, w, x.dtype)
+        for block in self.transformer_blocks:
+            x = block(x, tokens.to(x.dtype), weights, h, w)
+        return hidden + self.proj_out(x.transpose(1, 2).reshape(n, -1, h, w))
+
+
+AUDIO_BLOCKS = ("simple", "hallo")
 
 
 class AudioUNetMotionModel(UNetMotionModel):
     """UNetMotionModel + `audio_modules` per cross-attention block (None: a plain UNetMotionModel).
 
-    Config adds `audio_attention_dim` (the audio token width; None: no audio modules) and `audio_regions`
-    (region masks weighting the audio attention; 0: unweighted)."""
+    Config adds `audio_attention_dim` (the audio token width; None: no audio modules), `audio_regions`
+    (region masks weighting the audio attention; 0: unweighted; the "hallo" block takes 3), `audio_block`
+    ("simple" | "hallo") and `reference_attention` ("joined" | "separate")."""
 
-    def __init__(self, audio_attention_dim: int | None = None, audio_regions: int = 0, **unet_kwargs):
+    _EXTRA_CONFIG = ("audio_attention_dim", "audio_regions", "audio_block", "reference_attention")
+
+    def __init__(self, audio_attention_dim: int | None = None, audio_regions: int = 0, audio_block: str = "simple",
+                 reference_attention: str = "joined", **unet_kwargs):
         super().__init__(**unet_kwargs)
-        self.register_to_config(audio_attention_dim=audio_attention_dim, audio_regions=audio_regions)
+        if audio_block not in AUDIO_BLOCKS or reference_attention not in REFERENCE_MODES:
+            raise ValueError(f"audio_block must be one of {AUDIO_BLOCKS} (got {audio_block!r}), reference_attention "
+                             f"one of {REFERENCE_MODES} (got {reference_attention!r})")
+        if audio_attention_dim and audio_block == "hallo" and audio_regions not in (0, 3):
+            raise ValueError("the hallo audio block weights 3 regions (full, face, lip)")
+        self.register_to_config(audio_attention_dim=audio_attention_dim, audio_regions=audio_regions,
+                                audio_block=audio_block, reference_attention=reference_attention)
         self._audio: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        if reference_attention == "separate":
+            add_separate_reference_modules(self)
         if not audio_attention_dim:
             return
         groups = unet_kwargs.get("norm_num_groups", 32)
         heads = unet_kwargs.get("motion_num_attention_heads", 8)
-        for block in self._cross_attention_blocks():
+        for block, inners in self._official_audio_widths():
             modules = []
             for i, motion_module in enumerate(block.motion_modules[:len(block.attentions)]):
-                channels = block.attentions[i].proj_out.out_features if hasattr(block.attentions[i].proj_out,
-                                                                                 "out_features") \
-                    else block.attentions[i].proj_out.out_channels
-                modules.append(AudioAttention(channels, audio_attention_dim, heads, groups, audio_regions))
+                proj_out = block.attentions[i].proj_out
+                channels = getattr(proj_out, "out_features", None) or proj_out.out_channels
+                if audio_block == "hallo":
+                    n = block.attentions[i].transformer_blocks[0].attn1.heads  # the official attn_num_head_channels
+                    modules.append(RegionAudioModule(channels, n * (inners[i] // n), audio_attention_dim, n, groups))
+                else:
+                    modules.append(AudioAttention(channels, audio_attention_dim, heads, groups, audio_regions))
                 motion_module.register_forward_pre_hook(self._audio_hook(modules[-1]), with_kwargs=True)
             block.audio_modules = nn.ModuleList(modules)
 
     @staticmethod
     def _get_init_keys(input_class):
         # the config is UNetMotionModel's plus ours; diffusers reads the init keys off the signature
-        return set(inspect.signature(UNetMotionModel.__init__).parameters) | {"audio_attention_dim", "audio_regions"}
+        return set(inspect.signature(UNetMotionModel.__init__).parameters) | set(AudioUNetMotionModel._EXTRA_CONFIG)
+
+    def _official_audio_widths(self) -> list[tuple[nn.Module, list[int]]]:
+        """(block, per-layer `in_channels` of Hallo's audio modules) for every cross-attention block: the
+        official builds each with heads of `in_channels // heads` channels, where `in_channels` is, in a
+        down block, the layer's input width, in the mid block the block's, in an up block the block's
+        `in_channels` argument (the skip width of its last layer: reversed block_out_channels[i + 1])."""
+        widths, rev = list(self.config.block_out_channels), list(reversed(self.config.block_out_channels))
+        found = []
+        for i, block in enumerate(self.down_blocks):
+            first = widths[i - 1] if i else widths[0]
+            found.append((block, [first] + [widths[i]] * (len(getattr(block, "attentions", [])) - 1)))
+        found.append((self.mid_block, [widths[-1]] * len(getattr(self.mid_block, "attentions", []) or [])))
+        for i, block in enumerate(self.up_blocks):
+            found.append((block, [rev[min(i + 1, len(rev) - 1)]] * len(getattr(block, "attentions", []))))
+        keep = set(map(id, self._cross_attention_blocks()))
+        return [(block, inners) for block, inners in found if id(block) in keep]
 
     def _cross_attention_blocks(self) -> list[nn.Module]:
         blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
@@ -164,11 +277,13 @@ def audio_conditioning(unet: AudioUNetMotionModel, tokens: torch.Tensor, masks: 
 
 
 def build_denoiser(unet_cfg: dict, preset: str = "sd15", audio_attention_dim: int | None = None,
-                   audio_regions: int = 0, **motion_overrides) -> AudioUNetMotionModel:
+                   audio_regions: int = 0, audio_block: str = "simple", reference_attention: str = "joined",
+                   **motion_overrides) -> AudioUNetMotionModel:
     """The video denoiser of the spatial layout `unet_cfg` (see the module docstring)."""
     return AudioUNetMotionModel(audio_attention_dim=audio_attention_dim, audio_regions=audio_regions,
+                                audio_block=audio_block, reference_attention=reference_attention,
                                 **motion_config(unet_cfg, preset, **motion_overrides))
 
 
-__all__ = ["AudioAttention", "AudioUNetMotionModel", "audio_conditioning", "build_denoiser", "motion_config",
-           "unet2d_config"]
+__all__ = ["AUDIO_BLOCKS", "AudioAttention", "AudioUNetMotionModel", "RegionAudioModule", "audio_conditioning",
+           "build_denoiser", "motion_config", "unet2d_config"]

@@ -10,9 +10,15 @@ One config is a plain dict, stored as the pipeline folder's `pipeline.json` next
   frames around each frame (`mel_per_frame` each) as tokens of 80 channels; "wav2vec2": the official
   features (wav2vec2-base-960h last hidden state resampled to 2 per video frame, 2*(2*pad_frames+1)
   tokens of 768), used by converted official checkpoints, which bring `audio_encoder/`.
+- `reference_attention`: how the denoiser reads the reference net (shared.reference_attention):
+  "separate" (the official: a reference attention `attn1_5` of its own after every spatial
+  self-attention, scaled by `sampling.reference_attention_weight`) or "joined" (the reference tokens
+  join `attn1`'s keys/values, Hallo's form; folders exported before "separate" existed, whose denoiser
+  config lacks the key). It sets what a fresh denoiser is built with; a loaded one keeps its own.
 - `latent`: {"type": "vae"} (SD's VAE in `vae/`) or {"type": "pixel", "factor": F}.
 - `scheduler`: DDIM settings (the official inference_v2.yaml: scaled-linear betas, zero terminal SNR,
-  v-prediction, trailing timesteps); `sampling`: steps, guidance, context windows, audio attention weight.
+  v-prediction, trailing timesteps); `sampling`: steps, guidance, context windows, audio and reference
+  attention weights (inference only; training runs at 1).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 
 from ..shared.motion_unet import unet2d_config
+from ..shared.reference_attention import MODES as REFERENCE_MODES
 
 # facefab log-mel tokens, standardised by fixed constants (speech log-mel power is about -4 +- 4)
 MEL_AUDIO = {"features": "mel", "pad_frames": 2, "mel_per_frame": 4, "mel_mean": -4.0, "mel_std": 4.0}
@@ -38,11 +45,12 @@ _PAPER: dict = {
     "audio_projection": {"dim": 768, "depth": 4, "dim_head": 64, "heads": 12, "num_queries": 5,
                          "embedding_dim": 80, "output_dim": 768, "ff_mult": 4, "max_seq_len": 20},
     "audio": MEL_AUDIO,
+    "reference_attention": "separate",
     "latent": {"type": "vae"},
     "scheduler": SCHEDULER,
-    # inference.py defaults (reference_attention_weight 0.95 has no counterpart: see the README)
+    # inference.py defaults
     "sampling": {"steps": 25, "guidance_scale": 3.5, "context_frames": 24, "context_overlap": 4,
-                 "audio_attention_weight": 3.0},
+                 "audio_attention_weight": 3.0, "reference_attention_weight": 0.95},
 }
 
 _TINY: dict = {
@@ -54,10 +62,11 @@ _TINY: dict = {
     "audio_projection": {"dim": 32, "depth": 1, "dim_head": 8, "heads": 4, "num_queries": 5,
                          "embedding_dim": 80, "output_dim": 32, "ff_mult": 2, "max_seq_len": 20},
     "audio": MEL_AUDIO,
+    "reference_attention": "separate",
     "latent": {"type": "pixel", "factor": 4},
     "scheduler": SCHEDULER,
     "sampling": {"steps": 6, "guidance_scale": 2.0, "context_frames": 24, "context_overlap": 4,
-                 "audio_attention_weight": 1.0},
+                 "audio_attention_weight": 1.0, "reference_attention_weight": 1.0},
 }
 
 # what a converted official checkpoint uses instead of facefab's mel features
@@ -110,6 +119,8 @@ def check(config: dict) -> dict:
                          f"the audio features are {tokens} of {channels}")
     if config["size"] % factor:
         raise ValueError(f"size {config['size']} is not a multiple of the latent factor {factor}")
+    if config.get("reference_attention", "separate") not in REFERENCE_MODES:
+        raise ValueError(f"reference_attention must be one of {REFERENCE_MODES}, got {config['reference_attention']!r}")
     return config
 
 

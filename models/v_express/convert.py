@@ -5,11 +5,9 @@ The .bin files are pickles: they are read with torch.load(weights_only=True) (te
 written as safetensors. Key by key:
 
 - reference_net.bin, v_kps_guider.bin, audio_projection.bin: the same names as facefab's modules.
-- denoising_unet.bin: the spatial layers keep their names; the official denoiser's separate reference
-  attention of every spatial transformer block (`attn1_5`, `norm1_5`: the reference tokens are its
-  only keys/values) has no place in facefab's denoiser, where the reference tokens join the keys/values
-  of `attn1` (shared.reference_attention, the AnimateAnyone/Hallo form): those tensors are reported as
-  unmapped, and a converted model sees the reference through `attn1`, which it was not trained to do.
+- denoising_unet.bin: the same names, the official separate reference attention of every spatial
+  transformer block (`attn1_5`, `norm1_5`) included: the config's reference_attention "separate" (the
+  official's, `config.official()`) builds those modules in the denoiser (shared.reference_attention).
 - motion_module.bin (and any motion keys in denoising_unet.bin): AnimateDiff names -> diffusers'
   (`temporal_transformer.` dropped; attention_blocks.0/1 -> attn1/2, norms.0/1 -> norm1/2, ff_norm -> norm3,
   each attention block's `pos_encoder.pe` -> the block's `pos_embed.pe`, the same sinusoid).

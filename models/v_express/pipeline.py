@@ -6,15 +6,18 @@ Pipeline folder (what `facefab train v-express` exports and `facefab convert v-e
     pipeline.json            the config (models/v_express/config.py): size, latents, audio, scheduler, sampling
     reference_net/           UNet2DConditionModel: the reference image's appearance (ReferenceNet)
     denoising_unet/          AudioUNetMotionModel: SD spatial layers + AnimateDiff motion modules; its spatial
-                             cross-attention (attn2) attends to the projected audio: V-Express' audio attention
+                             cross-attention (attn2) attends to the projected audio: V-Express' audio attention;
+                             with reference_attention "separate" (the official), a reference attention
+                             (norm1_5, attn1_5) in every spatial transformer block
     v_kps_guider/            VKpsGuider: V-kps image -> features added after the denoiser's conv_in
     audio_projection/        AudioProjection: per-frame speech tokens -> the denoiser's context tokens
     vae/                     AutoencoderKL, when latent.type is "vae" (the tiny config uses pixel latents)
     audio_encoder/           transformers Wav2Vec2Model, when audio.features is "wav2vec2" (converted checkpoints)
 
 Generation (`VExpressPipeline.__call__`, facefab.models.shared.talking's interface): the reference is
-encoded once and run through the reference net, whose spatial self-attention inputs every denoiser frame
-also attends to (shared.reference_attention); V-kps images of the reference's keypoints (held still, or
+encoded once and run through the reference net, whose spatial tokens every denoiser frame attends to
+(shared.reference_attention: the official separate attn1_5, scaled by sampling.reference_attention_weight,
+or joined to attn1 in older folders); V-kps images of the reference's keypoints (held still, or
 turned by `pose` offsets) go through the guider; the speech becomes per-frame audio context tokens. DDIM with
 classifier-free guidance (the unconditional branch: zeroed reference tokens, kps features and audio
 context, as the official pipeline) denoises overlapping 24-frame windows of the whole clip, averaging the
@@ -56,7 +59,8 @@ GUIDER_CHUNK = 16  # frames per V-kps guider pass (the official batches 16 too)
 # -- the network --------------------------------------------------------------------------------------
 
 def _fresh_denoiser(config: dict) -> AudioUNetMotionModel:
-    denoiser = build_denoiser(config["unet"], config["motion_preset"])
+    denoiser = build_denoiser(config["unet"], config["motion_preset"],
+                              reference_attention=config.get("reference_attention", "separate"))
     for name, module in denoiser.named_modules():
         if (".attentions." in name and name.endswith("attn2.to_out.0")) or \
                 (".motion_modules." in name and name.endswith("proj_out")):
@@ -123,7 +127,8 @@ class VExpressNet(nn.Module):
         super().__init__()
         self.reference_net, self.denoising_unet = reference_net, denoising_unet
         self.v_kps_guider, self.audio_projection = v_kps_guider, audio_projection
-        self.bank = install_reference_attention(reference_net, denoising_unet)
+        mode = getattr(denoising_unet.config, "reference_attention", "joined")
+        self.bank = install_reference_attention(reference_net, denoising_unet, mode=mode)
 
     @classmethod
     def fresh(cls, config: dict) -> VExpressNet:
@@ -257,6 +262,7 @@ class VExpressPipeline:
         self.net, self.codec, self.config = net.eval(), codec, check(config)
         self.audio_encoder = audio_encoder
         set_audio_attention_weight(net.denoising_unet, float(config["sampling"]["audio_attention_weight"]))
+        net.bank.weight = float(config["sampling"].get("reference_attention_weight", 1.0))
 
     @property
     def size(self) -> int:

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from facefab.media import read_audio
 from facefab.models.shared.audio_projection import AudioProjModel
 from facefab.models.shared.latents import PixelCodec, to_uint8, to_unit
 from facefab.models.shared.motion_unet import AudioUNetMotionModel, audio_conditioning, build_denoiser, unet2d_config
-from facefab.models.shared.reference_attention import install_reference_attention
+from facefab.models.shared.reference_attention import install_reference_attention, spatial_self_attention_names
 from facefab.models.shared.sampling import make_scheduler, noisy_batch, sample_continued, sample_overlapping
 from facefab.models.shared.speech import frame_windows, speech_windows
 
@@ -75,6 +76,64 @@ def test_audio_modules_start_neutral_follow_the_tokens_and_round_trip(unets, tmp
     loaded = AudioUNetMotionModel.from_pretrained(tmp_path)
     with audio_conditioning(loaded, tokens, masks):
         assert torch.allclose(loaded(x, 10, encoder_hidden_states=ctx).sample, a, atol=1e-5)
+
+
+def test_separate_reference_attention_is_v_express_formula():
+    """V-Express' read (modules/mutual_self_attention.py): h += attn1(norm1(h)); h += w * attn1_5(norm1_5(h),
+    the reference net's norm2 output); then attn2, ff as usual."""
+    torch.manual_seed(0)
+    cfg = unet2d_config("tiny")
+    ref, den = UNet2DConditionModel(**cfg), build_denoiser(cfg, "tiny", reference_attention="separate")
+    name = spatial_self_attention_names(den)[0]
+    assert name == "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"
+    block = den.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0")
+    assert {"attn1_5.to_q.weight", "norm1_5.weight"} <= set(block.state_dict())
+    with pytest.raises(ValueError, match="attn1_5"):
+        install_reference_attention(ref, build_denoiser(cfg, "tiny"), mode="separate")
+    bank = install_reference_attention(ref, den, mode="separate")
+    seen = {}
+    ref_block = ref.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0")
+    ref_block.norm2.register_forward_hook(lambda _m, _a, out: seen.setdefault("norm2", out))
+    with bank.writing():
+        ref(torch.randn(1, 3, 8, 8), 0, encoder_hidden_states=torch.randn(1, 4, 32))
+    assert torch.equal(bank.tokens[name], seen["norm2"])  # the writer stores its attn2 input
+    bank.weight = 0.95
+    h, ctx = torch.randn(4, 64, 32), torch.randn(4, 4, 32)
+    with torch.no_grad():
+        got = block(h, encoder_hidden_states=ctx)
+        h = h + AttnProcessor2_0()(block.attn1, block.norm1(h))  # attn1 alone (its processor adds attn1_5)
+        h = h + 0.95 * block.attn1_5(block.norm1_5(h), encoder_hidden_states=seen["norm2"].expand(4, -1, -1))
+        h = h + block.attn2(block.norm2(h), encoder_hidden_states=ctx)
+        want = h + block.ff(block.norm3(h))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_hallo_audio_modules_have_the_official_widths():
+    """hallo/models/unet_3d_blocks.py builds each audio module with heads of `in_channels // heads`: the
+    layer's input width in a down block, the block's `in_channels` (not its output) in an up block."""
+    cfg = unet2d_config("tiny", down_block_types=["CrossAttnDownBlock2D"] * 2,
+                        up_block_types=["CrossAttnUpBlock2D"] * 2)
+    den = build_denoiser(cfg, "tiny", audio_attention_dim=16, audio_regions=3, audio_block="hallo")
+    shapes = {k: tuple(v.shape) for k, v in den.state_dict().items() if ".audio_modules." in k}
+    assert shapes["down_blocks.1.audio_modules.0.proj_in.weight"] == (32, 64, 1, 1)  # in 32 -> out 64
+    assert shapes["down_blocks.1.audio_modules.0.transformer_blocks.0.attn2_0.to_k.weight"] == (32, 16)
+    assert shapes["up_blocks.0.audio_modules.1.proj_out.weight"] == (64, 32, 1, 1)  # out 64, in_channels 32
+    assert shapes["mid_block.audio_modules.0.transformer_blocks.0.zero_conv_face.weight"] == (64, 64, 1, 1)
+    assert not any(".attn2." in k for k in shapes)  # every block stacked: attn2_0/1/2 only
+    x, ctx = torch.randn(1, 3, 2, 8, 8), torch.randn(2, 4, 32)
+    base = den(x, 10, encoder_hidden_states=ctx).sample
+    tokens, masks = torch.randn(2, 5, 16), torch.zeros(2, 3, 64, 64)
+    with audio_conditioning(den, tokens, masks):
+        assert torch.allclose(den(x, 10, encoder_hidden_states=ctx).sample, base)  # zero-initialised output
+    for p in den.audio_parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    with audio_conditioning(den, tokens, masks), torch.no_grad():
+        no_region = den(x, 10, encoder_hidden_states=ctx).sample
+        masks[:, 2, 32:, 16:48] = 1  # a lip region
+        lip = den(x, 10, encoder_hidden_states=ctx).sample
+    with audio_conditioning(den, torch.randn(2, 5, 16), masks), torch.no_grad():
+        other = den(x, 10, encoder_hidden_states=ctx).sample
+    assert (lip - no_region).abs().mean() > 1e-4 and (lip - other).abs().mean() > 1e-4
 
 
 def test_audio_projection_and_speech_windows_on_real_speech(shared_data):

@@ -48,7 +48,8 @@ def _awake(net: HalloNet, seed: int = 0) -> HalloNet:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in net.named_modules():
-            if re.search(r"(motion_modules\.\d+\.proj_out|audio_modules\.\d+\.proj_out|face_locator\.conv_out)$", name):
+            if re.search(r"(motion_modules\.\d+\.proj_out|audio_modules\.\d+\.proj_out|zero_conv_\w+|"
+                         r"face_locator\.conv_out)$", name):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.2)
     return net
 
@@ -254,12 +255,10 @@ _ANIMATEDIFF = ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blo
 
 def _official_state(net: HalloNet) -> dict[str, torch.Tensor]:
     """`net` keyed as the official Net's net.pth: AnimateDiff motion-module names (VanillaTemporalModule ->
-    temporal_transformer, attention_blocks, norms, ff_norm, a pos_encoder per attention block) and Hallo's
-    own audio modules (a Transformer3DModel with attn1, attn2_0/1/2 and zero convs)."""
+    temporal_transformer, attention_blocks, norms, ff_norm, a pos_encoder per attention block); the rest,
+    the audio modules included, keeps its names."""
     state = {}
     for key, value in net.state_dict().items():
-        if ".audio_modules." in key:
-            continue
         if ".motion_modules." in key:
             head, _, tail = key.partition(".motion_modules.")
             index, _, rest = tail.partition(".")
@@ -273,14 +272,26 @@ def _official_state(net: HalloNet) -> dict[str, torch.Tensor]:
                 rest = rest.replace(ours, theirs)
             key = f"{head}.motion_modules.{index}.temporal_transformer{rest}"
         state[key] = value.clone()
-    for block in ("down_blocks.0", "mid_block", "up_blocks.1"):
-        channels = 32 if block != "mid_block" else 64
-        prefix = f"denoising_unet.{block}.audio_modules.0"
-        state[f"{prefix}.proj_in.weight"] = torch.randn(channels, channels, 1, 1)
-        for attn in ("attn1", "attn2_0", "attn2_1", "attn2_2"):
-            state[f"{prefix}.transformer_blocks.0.{attn}.to_q.weight"] = torch.randn(channels, channels)
-        state[f"{prefix}.transformer_blocks.0.zero_conv_lip.weight"] = torch.zeros(channels, channels, 1, 1)
     return state
+
+
+# official names (hallo/models/unet_3d_blocks.py, transformer_3d.py, attention.py
+# AudioTemporalBasicTransformerBlock) and their shapes at the tiny config: audio tokens of 32, every
+# audio module 32 wide but the mid block's (64: its in_channels), geglu feed-forward of 4x
+_OFFICIAL_AUDIO = {
+    "down_blocks.0.audio_modules.0.norm.weight": (32,),
+    "down_blocks.0.audio_modules.0.proj_in.weight": (32, 32, 1, 1),
+    "down_blocks.0.audio_modules.0.transformer_blocks.0.attn1.to_q.weight": (32, 32),
+    "down_blocks.0.audio_modules.0.transformer_blocks.0.attn2_0.to_k.weight": (32, 32),
+    "down_blocks.0.audio_modules.0.transformer_blocks.0.attn2_2.to_out.0.bias": (32,),
+    "down_blocks.0.audio_modules.0.transformer_blocks.0.zero_conv_full.weight": (32, 32, 1, 1),
+    "mid_block.audio_modules.0.transformer_blocks.0.zero_conv_face.bias": (64,),
+    "mid_block.audio_modules.0.transformer_blocks.0.attn2_1.to_v.weight": (64, 32),
+    "mid_block.audio_modules.0.transformer_blocks.0.ff.net.0.proj.weight": (512, 64),
+    "up_blocks.1.audio_modules.1.transformer_blocks.0.zero_conv_lip.weight": (32, 32, 1, 1),
+    "up_blocks.1.audio_modules.1.transformer_blocks.0.norm2.weight": (32,),
+    "up_blocks.1.audio_modules.1.proj_out.weight": (32, 32, 1, 1),
+}
 
 
 def test_converter_places_the_official_layout_and_reports_the_rest(tmp_path):
@@ -290,25 +301,40 @@ def test_converter_places_the_official_layout_and_reports_the_rest(tmp_path):
         for p in official.parameters():
             p.add_(0.01)  # nothing left at its initial value
     state = _official_state(official)
+    for key, shape in _OFFICIAL_AUDIO.items():
+        assert tuple(state[f"denoising_unet.{key}"].shape) == shape, key
+    assert not any(k.endswith(".attn2.to_q.weight") for k in state if ".audio_modules." in k)  # all stacked
     state["reference_control_writer.bank"] = torch.zeros(1)  # something that is no part
     src = tmp_path / "pretrained_models" / "hallo"
     src.mkdir(parents=True)
     torch.save(state, str(src / "net.pth"))
     report = convert(str(tmp_path), str(tmp_path / "converted"), config=tiny())
-    audio_keys = sorted(k for k in state if ".audio_modules." in k)
-    assert sorted(report["unmapped"]) == sorted([*audio_keys, "reference_control_writer.bank"])
-    assert set(report["missing"]) == {"denoising_unet"}
-    assert all(".audio_modules." in k for k in report["missing"]["denoising_unet"])
-    assert report["extras"] == {"vae": False, "audio_encoder": False}
+    assert report["unmapped"] == ["reference_control_writer.bank"]
+    assert report["missing"] == {} and report["extras"] == {"vae": False, "audio_encoder": False}
+    assert report["mapped"] == len(official.state_dict())
     assert not any(p.name.endswith((".pth", ".bin")) for p in (tmp_path / "converted").rglob("*"))
     parts = load_parts(str(tmp_path / "converted"))
     for name, part in parts.items():
         ours = official.parts()[name].state_dict()
         for key, value in part.state_dict().items():
-            if ".audio_modules." in key:
-                continue
             assert torch.equal(value, ours[key]), (name, key)
-    assert not any(v.abs().any() for k, v in parts["denoising_unet"].state_dict().items()
-                   if ".audio_modules." in k and k.endswith("proj_out.weight"))  # fresh: no audio effect
+    # a folder of the older "simple" audio block cannot take the official audio modules, and says so
+    simple = convert(str(tmp_path), str(tmp_path / "simple"), config={**tiny(), "audio_block": "simple"})
+    assert {k for k in simple["unmapped"] if ".audio_modules." in k} == {k for k in state if ".audio_modules." in k}
     pipe = HalloPipeline.from_pretrained(str(tmp_path / "converted"), device="cpu", dtype="fp32")
     assert pipe.size == SIZE
+    net = pipe.net
+    g = torch.Generator().manual_seed(2)
+    args = (torch.randn(1, 3, 2, 16, 16, generator=g), torch.tensor([500]), torch.randn(1, 3, 16, 16, generator=g),
+            torch.randn(1, 3, 2, 16, 16, generator=g), torch.ones(1, 1, SIZE, SIZE), torch.randn(1, 512, generator=g))
+    speech = torch.randn(1, 2, 5, 4, 80, generator=g)
+    masks = torch.zeros(1, 3, 64, 64)
+    masks[:, 0] = 1
+    masks[:, 2, 40:56, 20:44] = 1  # a lip box
+    with torch.no_grad():
+        out = net(*args, speech=speech, region_masks=masks)
+        silent = net(*args, speech=torch.zeros_like(speech), region_masks=masks)
+        unconverted = official(*args, speech=speech, region_masks=masks)
+    assert out.shape == args[0].shape and torch.isfinite(out).all()
+    assert torch.allclose(out, unconverted, atol=1e-5)  # the official weights, wired the same
+    assert (out - silent).abs().mean() > 1e-4  # the converted audio modules drive the output

@@ -345,10 +345,16 @@ def test_converter_places_official_tensors_and_reports_the_rest(tmp_path):
     official.mkdir(parents=True)
     denoiser = parts["denoising_unet"].state_dict()
     spatial = {k: v for k, v in denoiser.items() if ".motion_modules." not in k}
-    reference_only = {}  # the official separate reference attention of every spatial transformer block
-    for k, v in spatial.items():
-        if ".transformer_blocks." in k and (".attn1." in k or ".norm1." in k):
-            reference_only[k.replace(".attn1.", ".attn1_5.").replace(".norm1.", ".norm1_5.")] = v.clone()
+    # the official separate reference attention of every spatial transformer block (modules/attention.py
+    # TemporalBasicTransformerBlock: attn1_5 and norm1_5 of attn1 / norm1's size), at the tiny widths
+    for key, shape in {"down_blocks.0.attentions.0.transformer_blocks.0.attn1_5.to_q.weight": (32, 32),
+                       "down_blocks.0.attentions.0.transformer_blocks.0.norm1_5.bias": (32,),
+                       "mid_block.attentions.0.transformer_blocks.0.attn1_5.to_k.weight": (64, 64),
+                       "up_blocks.1.attentions.1.transformer_blocks.0.attn1_5.to_out.0.weight": (32, 32),
+                       "up_blocks.1.attentions.1.transformer_blocks.0.norm1_5.weight": (32,)}.items():
+        assert tuple(spatial[key].shape) == shape, key
+    reference_only = {k for k in spatial if ".attn1_5." in k or ".norm1_5." in k}
+    assert len(reference_only) == 4 * 7  # 4 spatial blocks (down 0, mid, up 1 x2): norm w/b, q, k, v, out w/b
     motion = {}
     for k, v in denoiser.items():
         if ".motion_modules." in k:
@@ -358,7 +364,7 @@ def test_converter_places_official_tensors_and_reports_the_rest(tmp_path):
                     motion[name.replace("pos_embed.pe", f"attention_blocks.{block}.pos_encoder.pe")] = v
             else:
                 motion[name] = v
-    torch.save({**spatial, **reference_only}, official / "denoising_unet.bin")
+    torch.save(spatial, official / "denoising_unet.bin")
     torch.save(motion, official / "motion_module.bin")
     for name in ("reference_net", "v_kps_guider", "audio_projection"):
         torch.save(parts[name].state_dict(), official / f"{name}.bin")
@@ -373,8 +379,10 @@ def test_converter_places_official_tensors_and_reports_the_rest(tmp_path):
 
     dst = tmp_path / "converted"
     report = convert(str(tmp_path), str(dst), config=tiny())
-    assert sorted(report["unmapped"]) == sorted(f"denoising_unet.bin:{k}" for k in reference_only)
+    assert report["unmapped"] == []
     assert report["missing"] == {} and report["extras"] == {}  # tiny: pixel latents, mel features
+    joined = convert(str(tmp_path), str(tmp_path / "joined"), config=tiny(reference_attention="joined"))
+    assert sorted(joined["unmapped"]) == sorted(f"denoising_unet.bin:{k}" for k in reference_only)
     assert report["mapped"] == sum(len(p.state_dict()) for p in parts.values())
     assert not [f for _, _, files in os.walk(dst) for f in files if f.endswith((".bin", ".pt", ".pth"))]
 
@@ -382,6 +390,15 @@ def test_converter_places_official_tensors_and_reports_the_rest(tmp_path):
     for name, part in parts.items():
         theirs = getattr(pipe.net, name).state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in part.state_dict().items()), name
+    assert pipe.net.denoising_unet.config.reference_attention == "separate"
+    g = torch.Generator().manual_seed(3)
+    args = (torch.randn(1, 3, 2, 16, 16, generator=g), torch.tensor([500]), torch.randn(1, 3, 16, 16, generator=g),
+            torch.rand(1, 3, 2, 64, 64, generator=g), torch.randn(1, 2, 20, 80, generator=g))
+    with torch.no_grad():
+        out = pipe.net(*args)
+        other = pipe.net(*args[:2], torch.randn(1, 3, 16, 16, generator=g), *args[3:])
+    assert out.shape == args[0].shape and torch.isfinite(out).all()
+    assert (out - other).abs().mean() > 1e-4  # the reference reaches the output through attn1_5
     assert convert_extras(str(official), str(dst)) == {"vae": True, "audio_encoder": True}  # the released layout
     loaded_vae = AutoencoderKL.from_pretrained(str(dst / "vae"), use_safetensors=True)
     assert all(torch.equal(v, loaded_vae.state_dict()[k]) for k, v in vae.state_dict().items())
