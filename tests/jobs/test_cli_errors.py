@@ -47,3 +47,23 @@ def test_convert_and_animate_usage_errors_exit_2_before_any_work(tmp_path, capsy
                  "--out", str(tmp_path / "run")]) == 2
     assert "needs weights" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_animate_from_a_driving_video_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
+    """Speech and a driving video at once, a pose with a driving video, speech-only settings on a
+    driving job, and face-vid2vid without weights are usage errors, before anything runs."""
+    from facefab.jobs.cli import main
+
+    monkeypatch.delenv("FACEFAB_CHECKPOINT_FACE_VID2VID", raising=False)
+    portrait, video, out = str(tmp_path / "p.jpg"), str(tmp_path / "d.mp4"), str(tmp_path / "run")
+    cases = [
+        (["--audio", video, "--driving", video], "not both"),
+        (["--driving", video, "--pose", video], "--pose goes with --audio"),
+        (["--driving", video, "--fps", "30"], "fps"),
+        (["--driving", video, "--model", "face-vid2vid"], "needs weights"),
+        (["--audio", video, "--model", "face-vid2vid"], "model must be one of"),
+    ]
+    for flags, message in cases:
+        assert main(["animate", "--reference", portrait, *flags, "--out", out]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    assert not (tmp_path / "run").exists()
