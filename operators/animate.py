@@ -162,19 +162,19 @@ class PortraitGenerator(GeneratorOperator):
                 raise OperatorError(f"reference '{row['reference_uri']}': the face mesh found no landmarks on the face")
         return image, faces, np.asarray(points, np.float64)
 
-    def head_framed(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The weight-free models' canvas: the head crop of `size` (and the mesh in it, z scaled like x),
-        or with paste_back the whole portrait."""
+    def head_framed(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The weight-free models' canvas: (the head crop of `size`, the mesh in it with z scaled like x,
+        the (2, 3) portrait -> canvas affine), or with paste_back the whole portrait."""
         c = self.config
         if c.paste_back:
-            return image, points
+            return image, points, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         affine = head_crop(points, c.head_scale, c.size)
         image = cv2.warpAffine(image, affine, (c.size, c.size), flags=cv2.INTER_AREA if affine[0, 0] < 1
                                else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
         points = points.copy()
         points[:, :2] = points[:, :2] @ affine[:, :2].T + affine[:, 2]
         points[:, 2:] *= affine[0, 0]
-        return image, points
+        return image, points, affine
 
     def aligned(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A neural model's input: (the portrait's aligned crop at the model's size, its mesh in the crop,
@@ -271,7 +271,7 @@ class AnimatePortrait(PortraitGenerator):
                     pose: np.ndarray | None, timer: StageTimer):
         """Frames (lazily rendered) of the weight-free photo on the head crop or the whole portrait."""
         c = self.config
-        image, points = self.head_framed(image, points)
+        image, points, _ = self.head_framed(image, points)
         points = points[:, :2]
         with timer("audio_features"):
             arrays = speech_features(audio, c.fps, n, self.vad, c.vad_threshold)

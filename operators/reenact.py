@@ -1,6 +1,8 @@
-"""`animate` from a driving video: one portrait moved like the face in a driving video (reenactment).
+"""`animate` from a driving video: one portrait moved like the face in a driving video (reenactment),
+or along sparse point trajectories (MOFA-Video's control).
 
     reference_uri, video_uri -> reenact_portrait -> out_uri (ROOT/outputs/<name>.mp4)
+    reference_uri, trajectories_uri -> trajectory_portrait -> out_uri
 
 The portrait's face is found as `animate` from speech finds it; the driving video's largest face is
 detected and meshed on every frame.
@@ -17,6 +19,13 @@ whole portrait.
 
 `relative` (default): the driving motion relative to its first frame moves the portrait, which keeps its
 own face shape and pose; `--no-relative`/`relative=false` copies the driving face's absolute shape.
+
+Trajectories (`trajectories_uri`, `read_trajectories`): a JSON file {"tracks": [[[x, y] or null, ...], ...]}
+or a Parquet/CSV table with columns track, frame, x, y, in the portrait's pixels (frame 0: where each
+point sits on it); or a preprocess `flow` artifact (.npz: the flow stage's keypoint trajectories in its
+aligned crop), placed on the portrait through the portrait's own alignment, so the motion of that face's
+parts moves the same parts here. The weight-free path (`models/portrait/trajectories.py`) interpolates
+them into a dense field (thin-plate spline) and warps; the output has `fps` and the tracks' length.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
 from facefab.models.portrait.reenact import ReenactConfig, WeightFreeReenactment
+from facefab.models.portrait.trajectories import TrajectoryAnimation, TrajectoryConfig
 
 from .animate import PortraitGenerator, PortraitJobConfig
 from .base import OperatorError, Resources, register_stage
@@ -86,7 +97,7 @@ class ReenactPortrait(PortraitGenerator):
         driving = self.driving_face(row["video_uri"], timer)
         n = len(driving.points)
         if isinstance(self.model, WeightFreeReenactment):
-            canvas, canvas_points = self.head_framed(image, points)
+            canvas, canvas_points, _ = self.head_framed(image, points)
             with timer("plan"):
                 plan = self.model.plan(canvas_points, driving.points)
             frames = (self.model.render(plan, t, canvas) for t in range(n))
@@ -166,4 +177,100 @@ class ReenactPortrait(PortraitGenerator):
         return self.framed_output(frames, image, affine)
 
 
-__all__ = ["DRIVEN", "DrivingFace", "ReenactJobConfig", "ReenactPortrait"]
+@dataclass
+class TrajectoryJobConfig(PortraitJobConfig):
+    """Settings of an animate-along-trajectories job."""
+
+    fps: float = 25.0
+    motion: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+
+    neural: ClassVar[tuple[str, ...]] = ()  # MOFA-Video is not built yet
+
+
+def read_trajectories(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, int | None]:
+    """((K, N, 2) positions, NaN where unseen; the flow crop's side when they are a preprocess flow
+    artifact's aligned-crop coordinates, else None: the portrait's pixels). See the module docstring."""
+    import io
+    import json
+
+    from facefab.manifests.storage import read_bytes
+
+    try:
+        data = read_bytes(uri, storage_options)
+    except FileNotFoundError:
+        raise OperatorError(f"trajectories '{uri}' not found") from None
+    suffix = uri.split("?")[0].lower().rsplit(".", 1)[-1]
+    try:
+        if suffix == "npz":
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                return np.asarray(archive["trajectories"], np.float64), int(archive["flow_size"])
+        if suffix == "json":
+            tracks = json.loads(data)["tracks"]
+            frames = max(len(track) for track in tracks)
+            out = np.full((len(tracks), frames, 2), np.nan)
+            for k, track in enumerate(tracks):
+                for t, point in enumerate(track):
+                    if point is not None:
+                        out[k, t] = point
+            return out, None
+        import pandas as pd
+
+        table = pd.read_csv(io.BytesIO(data)) if suffix == "csv" else pd.read_parquet(io.BytesIO(data))
+        missing = {"track", "frame", "x", "y"} - set(table.columns)
+        if missing:
+            raise ValueError(f"a trajectory table needs the columns track, frame, x, y (missing {sorted(missing)})")
+        ids = {k: i for i, k in enumerate(sorted(table["track"].unique()))}
+        out = np.full((len(ids), int(table["frame"].max()) + 1, 2), np.nan)
+        out[table["track"].map(ids).to_numpy(), table["frame"].to_numpy(int)] = table[["x", "y"]].to_numpy(np.float64)
+        return out, None
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+        raise OperatorError(f"trajectories '{uri}': {e}") from e
+
+
+@register_stage
+class TrajectoryPortrait(PortraitGenerator):
+    """(reference_uri, trajectories_uri) -> the portrait moved along the tracks, an mp4 at `out_uri`."""
+
+    name = "trajectory_portrait"
+    version = "1"
+    weightfree_label = "weightfree-trajectories"
+    inputs = ("reference_uri", "trajectories_uri")
+    outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "fps", "face_count", "tracks", "c2pa",
+               "stage_seconds")
+    default_resources = Resources(num_cpus=0.5)
+    Config = TrajectoryJobConfig
+
+    def weightfree(self):
+        return TrajectoryAnimation(self.config.motion)
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.face.alignment import similarity_from_landmarks
+
+        c, timer = self.config, StageTimer()
+        self.ctx.check_input(row["trajectories_uri"])
+        image, faces, points = self.portrait_face(row, timer)
+        with timer("decode"):
+            tracks, flow_size = read_trajectories(row["trajectories_uri"], self.ctx.storage_options)
+        if c.max_duration is not None:
+            tracks = tracks[:, : max(1, round(c.max_duration * c.fps))]
+        if flow_size is not None:  # aligned-crop coordinates -> the portrait through its own alignment
+            to_image = cv2.invertAffineTransform(similarity_from_landmarks(points, flow_size))
+            tracks = tracks @ to_image[:, :2].T + to_image[:, 2]
+        canvas, _, affine = self.head_framed(image, points)
+        tracks = tracks @ affine[:, :2].T + affine[:, 2]
+        try:
+            tracks = self.model.plan(tracks)
+        except ValueError as e:
+            raise OperatorError(f"trajectories '{row['trajectories_uri']}': {e}") from e
+        n = tracks.shape[1]
+        frames = (self.model.render(tracks, t, canvas) for t in range(n))
+        uri = output_uri(self.ctx, row)
+        with timer("render_encode"):
+            written = self.write(uri, frames, c.fps, None, AUDIO_RATE, row)
+        return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
+                "duration": round(n / c.fps, 3), "fps": c.fps, "face_count": len(faces), "tracks": len(tracks),
+                "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+
+
+__all__ = ["DRIVEN", "DrivingFace", "ReenactJobConfig", "ReenactPortrait", "TrajectoryJobConfig",
+           "TrajectoryPortrait", "read_trajectories"]

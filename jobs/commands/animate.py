@@ -22,6 +22,13 @@ audio. The driving face's motion relative to its first frame moves the portrait,
 shape (--relative false: the driving face's absolute shape). Without a checkpoint the weight-free
 mesh-driven reenactment runs; --model face-vid2vid --checkpoint DIR (from `facefab train facevid2vid`)
 runs face-vid2vid. Settings only the driving-video path has: --relative, --motion-*.
+
+Along trajectories (MOFA-Video's control): --reference portrait.jpg --trajectories FILE, or a MANIFEST with
+reference_uri and trajectories_uri. FILE is JSON {"tracks": [[[x, y] or null, ...], ...]} or a Parquet/CSV
+table (track, frame, x, y) in the portrait's pixels, or a preprocess flow artifact (.npz, the flow stage's
+keypoint trajectories of another face, placed through the portrait's alignment). The weight-free path
+interpolates the tracks into a dense motion field (thin-plate spline) and warps; the output runs at --fps
+for the tracks' length.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ HELP = "animate portraits with speech (manifest of reference/audio pairs)"
 
 def add_parser(sub) -> None:
     from facefab.operators.animate import AnimateConfig
-    from facefab.operators.reenact import ReenactJobConfig
+    from facefab.operators.reenact import ReenactJobConfig, TrajectoryJobConfig
 
     from ..cli import add_run_args
     from ..config import walk_fields
@@ -47,10 +54,15 @@ def add_parser(sub) -> None:
     p.add_argument("--audio", default=None, help="its speech track")
     p.add_argument("--pose", default=None, help="a driving video or pose table to follow (with --reference)")
     p.add_argument("--driving", default=None, help="a driving video to reenact (with --reference, instead of --audio)")
+    p.add_argument("--trajectories", default=None, metavar="FILE",
+                   help="point tracks to move the portrait along: JSON, Parquet/CSV (track, frame, x, y) or a "
+                        "preprocess flow artifact (.npz)")
     add_run_args(p)
     add_config_flags(p, AnimateConfig)
     shared = {name for name, *_ in walk_fields(AnimateConfig)}
     add_config_flags(p, ReenactJobConfig, skip=shared)
+    shared |= {name for name, *_ in walk_fields(ReenactJobConfig)}
+    add_config_flags(p, TrajectoryJobConfig, skip=shared)
     p.set_defaults(func=run)
 
 
@@ -61,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import report_run, run_context, run_options
 
     opts = storage_options_from_env(args.storage_options)
-    inputs = animate_inputs(args.manifest, args.reference, args.audio, opts, pose=args.pose, driving=args.driving)
+    inputs = animate_inputs(args.manifest, args.reference, args.audio, opts, pose=args.pose, driving=args.driving,
+                            trajectories=args.trajectories)
     config = build_config(config_class(inputs), args, args.config)
     build_operators(config, opts)  # fail fast on a bad setting or missing weights, before Ray starts
     summary = run_animate(inputs, config, run_context(args, opts), **run_options(args))

@@ -120,3 +120,56 @@ def test_cross_identity_follows_the_driving_mouth_keeps_the_portrait_and_fails_o
     stamp = os.stat(mona["out_uri"]).st_mtime_ns
     assert main(args) == 0  # resumes: the done row is not redone
     assert os.stat(mona["out_uri"]).st_mtime_ns == stamp
+
+
+def test_trajectories_move_the_portrait_along_them_in_every_format(shared_data, tmp_path):
+    """Sparse tracks (the chin and lower lip pulled down and back twice, the eyes and brows held) move
+    the painted portrait: its measured chin follows the tracks, its brows stay; the same tracks as JSON,
+    as a Parquet table and as a flow artifact in aligned-crop pixels give the same motion; a table
+    without the track columns fails its row."""
+    import json
+
+    from facefab.face.alignment import similarity_from_landmarks
+    from facefab.operators.base import RunContext
+    from facefab.operators.reenact import TrajectoryJobConfig
+    from facefab.pipelines.animate import animate_inputs, build_operators
+    from facefab.pipelines.engine import run_local
+
+    portrait = str(shared_data / "portraits" / "lp_s9.jpg")
+    mesh = largest_face_landmarks(read_image(portrait)[None])[0][:, :2]
+    moving, held = [152, 148, 377, 17, 14, 87, 317, 200], [33, 133, 362, 263, 70, 300, 105, 334, 1, 168]
+    n = 40
+    drop = 0.06 * np.ptp(mesh[:, 1]) * np.sin(np.pi * np.arange(n) / (n / 2)) ** 2  # pixels, twice down and up
+    tracks = np.concatenate([mesh[moving][:, None] + np.stack([np.zeros(n), drop], 1)[None],
+                             np.repeat(mesh[held][:, None], n, axis=1)])
+    files = {"json": tmp_path / "tracks.json", "parquet": tmp_path / "tracks.parquet", "npz": tmp_path / "flow.npz"}
+    files["json"].write_text(json.dumps({"tracks": tracks.tolist()}))
+    pd.DataFrame([{"track": k, "frame": t, "x": x, "y": y} for k, track in enumerate(tracks)
+                  for t, (x, y) in enumerate(track)]).to_parquet(files["parquet"])
+    to_crop = similarity_from_landmarks(largest_face_landmarks(read_image(portrait)[None])[0], 128)
+    np.savez(files["npz"], trajectories=(tracks @ to_crop[:, :2].T + to_crop[:, 2]).astype(np.float32),
+             flow_size=np.int32(128))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+
+    config = TrajectoryJobConfig(paste_back=True, watermark=False, crf=12)
+    chins = {}
+    for name, path in [*files.items(), ("bad", bad)]:
+        (row,) = run_local(build_operators(config), animate_inputs(reference=portrait, trajectories=str(path)),
+                           RunContext(str(tmp_path / "out" / name)))
+        if name == "bad":
+            assert row["status"] == "failed" and "track, frame, x, y" in str(row["error"])
+            continue
+        assert row["status"] == "ok", row["error"]
+        info = probe(row["out_uri"])
+        assert (info.fps, info.num_frames, row["tracks"]) == (25.0, n, len(tracks))
+        measured = largest_face_landmarks(read_frames(row["out_uri"]))
+        chins[name] = measured[:, 152, 1] - measured[0, 152, 1]
+        brows = np.nanmax(np.abs(measured[:, [105, 334], 1] - measured[:1, [105, 334], 1]))
+        print(f"trajectories {name}: chin moved {np.nanmax(chins[name]):.1f} px for {drop.max():.1f}, "
+              f"r={finite_pearson(chins[name], drop):.3f}; brows {brows:.2f} px")
+        assert finite_pearson(chins[name], drop) > 0.9
+        assert 0.6 < np.nanmax(chins[name]) / drop.max() < 1.4
+        assert brows < 0.25 * drop.max()
+    assert np.nanmax(np.abs(chins["json"] - chins["parquet"])) < 0.5
+    assert np.nanmax(np.abs(chins["json"] - chins["npz"])) < 1.0
