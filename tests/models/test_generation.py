@@ -282,10 +282,14 @@ def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_
     else:
         # pasted back into the portrait: an untrained model's crop is saturated noise, in which no
         # watermark survives; the marks are the writer's, whatever the pixels
-        config = animate.AnimateConfig(model=name, checkpoint=checkpoint, device="cpu", steps=2, paste_back=True,
-                                       max_duration=1.0, min_speech_seconds=0.1)
+        video, audio = short_pair
+        driven = "video_uri" in registry.get(name).inputs
+        inputs = animate.animate_inputs(reference=str(shared_data / "portraits" / "hallo_3.jpg"),
+                                        **({"driving": video} if driven else {"audio": audio}))
+        settings = {} if driven else {"min_speech_seconds": 0.1}
+        config = animate.config_class(inputs)(model=name, checkpoint=checkpoint, device="cpu", steps=2,
+                                               paste_back=True, max_duration=1.0, **settings)
         ops = animate.build_operators(config)
-        inputs = animate.animate_inputs(reference=str(shared_data / "portraits" / "hallo_3.jpg"), audio=short_pair[1])
     if name != "weightfree":
         assert any(type(op) is registry.load_operator(name) for op in ops)
     (row,) = run_local(ops, inputs, RunContext(str(tmp_path / "out")))
