@@ -158,5 +158,6 @@ def load_model(cls, uri: str, storage_options: dict[str, Any] | None = None, dev
     check_weight_files(os.listdir(folder), where)
     device = device if isinstance(device, torch.device) else pick_device(device)
     dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
-    model = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    return model.to(device=device, dtype=dtype).eval()
+    # the dtype at load (diffusers' way), not a cast after it: keeps modules a model pins to float32 there
+    model = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    return model.to(device=device).eval()
