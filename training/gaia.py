@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -321,7 +320,7 @@ class GaiaMotionSystem(_GaiaStage):
         if self._vae is None:
             from facefab.models.weights import load_model
 
-            with vae_folder(self.options["vae"]) as folder:
+            with vae_folder(self.options["vae"], self.group_uri, self.storage_options) as folder:
                 vae = load_model(GaiaVAE, folder, device="cpu", dtype="fp32")
             if vae.motion_dim != int(self.config["motion_dim"]):
                 raise ValueError(f"gaia-motion: the VAE makes {vae.motion_dim}-number motion latents, this model "
@@ -350,52 +349,29 @@ class GaiaMotionSystem(_GaiaStage):
 
 
 @contextlib.contextmanager
-def vae_folder(source: str) -> Iterator[str]:
+def vae_folder(source: str, group_uri: str | None = None, storage_options: dict | None = None) -> Iterator[str]:
     """A local GaiaVAE folder while the context lasts: `source` (a GAIA pipeline folder with vae/, or a
-    GaiaVAE folder; local or remote), or, when empty, a copy of CKPT_ROOT/gaia/vae/ of the Ray Train run
-    this process works for."""
-    from facefab.models.weights import resolve_checkpoint
+    GaiaVAE folder; local or remote), or, when empty, the run's export group folder (CKPT_ROOT/gaia,
+    which the runtime hands the system as `group_uri`), where `facefab train gaia-vae` exported it."""
+    from facefab.models.weights import CheckpointError, resolve_checkpoint
 
     if not source:
-        local = _copy_run_group_vae()
-        try:
-            yield local
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-        return
-    local = resolve_checkpoint(source)
+        if not group_uri:
+            raise FileNotFoundError(
+                "gaia-motion needs the trained GAIA VAE: train gaia-vae first with the same --out (or `facefab "
+                "train gaia`, both stages), or name it with --system-options '{\"vae\": \"CKPT_ROOT/gaia\"}'")
+        source, what = group_uri, "this run's CKPT_ROOT/gaia: train gaia-vae first with the same --out"
+    else:
+        what = "give the folder `facefab train gaia-vae` exported into (CKPT_ROOT/gaia)"
+    try:
+        local = resolve_checkpoint(source, storage_options)
+    except CheckpointError as e:
+        raise FileNotFoundError(f"gaia-motion: {source} holds no GaiaVAE ({e}); {what}") from None
     for folder in (os.path.join(local, VAE_FOLDER), local):
         if os.path.isfile(os.path.join(folder, "config.json")):
             yield folder
             return
-    raise FileNotFoundError(f"gaia-motion: {source} holds no GaiaVAE (no vae/config.json or config.json): give "
-                            "the folder `facefab train gaia-vae` exported into (CKPT_ROOT/gaia)")
-
-
-def _copy_run_group_vae() -> str:
-    """CKPT_ROOT/gaia/vae/ of the current Ray Train run, copied to a local folder. The run's storage is
-    the one place a worker learns CKPT_ROOT (`ray.train.get_context().get_storage()`)."""
-    missing = ("gaia-motion needs the trained GAIA VAE: train gaia-vae first with the same --out (or `facefab "
-               "train gaia`, both stages), or name it with --system-options '{\"vae\": \"CKPT_ROOT/gaia\"}'")
-    try:
-        import ray.train
-
-        storage = ray.train.get_context().get_storage()
-        fs, root = storage.storage_filesystem, storage.storage_fs_path
-    except Exception as exc:  # noqa: BLE001 - not inside a Ray Train run
-        raise FileNotFoundError(f"{missing} (no Ray Train run to take CKPT_ROOT from: {exc})") from None
-    import pyarrow.fs as pafs
-
-    source = f"{root.rstrip('/')}/{EXPORT_GROUP}/{VAE_FOLDER}"
-    if fs.get_file_info(source).type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"{missing}; {source} does not exist")
-    local = tempfile.mkdtemp(prefix="facefab-gaia-vae-")
-    try:
-        pafs.copy_files(source, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    except Exception:
-        shutil.rmtree(local, ignore_errors=True)
-        raise
-    return local
+    raise FileNotFoundError(f"gaia-motion: {source} holds no GaiaVAE (no vae/config.json or config.json); {what}")
 
 
 __all__ = ["GaiaMotionSystem", "GaiaVAESystem", "clip_mesh", "vae_folder"]

@@ -69,6 +69,7 @@ def run_training(cfg: TrainConfig, data_root: str, ckpt_root: str, storage_optio
     run_name = cfg.run_name or default_run_name(cfg.system, data_root, cfg.stage)
     run_uri = join_uri(ckpt_root, run_name)
     group_uri = group_export_uri(system, ckpt_root, run_name)
+    system.group_uri, system.storage_options = group_uri, opts
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -36,6 +36,11 @@ class TrainingSystem(Protocol):
     stages: ClassVar[dict[str, dict[str, Any]]]    # --stage name -> option overrides (a stage is config)
     # CKPT_ROOT/<export_group>/: a folder every export of the group is merged into (facefab.training.export)
     export_group: ClassVar[str | None]
+    # set by the runtime before training (driver, data tasks and workers see them): that folder of this run
+    # (None without an export group) and the storage options to read it, so a later stage finds the
+    # earlier stages' exports
+    group_uri: str | None
+    storage_options: dict[str, Any] | None
 
     def default_config(self) -> dict[str, Any]:
         """Model kwargs at paper size."""
@@ -79,6 +84,8 @@ class TrainingSystemBase:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     stages: ClassVar[dict[str, dict[str, Any]]] = {}
     export_group: ClassVar[str | None] = None
+    group_uri: str | None = None
+    storage_options: dict[str, Any] | None = None
 
     def configure(self, model_config: dict[str, Any] | None = None, stage: str = "",
                   options: dict[str, Any] | None = None) -> None:

@@ -304,9 +304,12 @@ def test_motion_stage_needs_the_trained_vae(tmp_path):
     system = GaiaMotionSystem()
     with pytest.raises(ValueError, match="does not exist"):
         system.configure(tiny()["motion"], options={"vae": str(tmp_path / "nowhere")})
-    system.configure(tiny()["motion"])  # no option: the run's CKPT_ROOT/gaia/vae/, found on the worker
+    system.configure(tiny()["motion"])  # no option: the run's CKPT_ROOT/gaia/vae/ (the runtime's group_uri)
     with pytest.raises(FileNotFoundError, match="train gaia-vae first"):
-        system.vae_on(torch.device("cpu"))  # outside a Ray Train run there is no CKPT_ROOT
+        system.vae_on(torch.device("cpu"))  # outside a run there is no group folder
+    system.group_uri = str(tmp_path / "ckpt" / "gaia")
+    with pytest.raises(FileNotFoundError, match="holds no GaiaVAE .*this run's CKPT_ROOT/gaia: train gaia-vae first"):
+        system.vae_on(torch.device("cpu"))  # the run's group folder without the VAE stage's export
     (tmp_path / "empty").mkdir()
     system.configure(tiny()["motion"], options={"vae": str(tmp_path / "empty")})
     with pytest.raises(FileNotFoundError, match="holds no GaiaVAE"):
