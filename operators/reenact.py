@@ -43,7 +43,7 @@ from .animate import PortraitGenerator, PortraitJobConfig
 from .base import OperatorError, Resources, register_stage
 from .dub import StageTimer, output_uri
 
-DRIVEN = ("face-vid2vid",)
+DRIVEN = ("face-vid2vid", "follow-your-emoji")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
 
 

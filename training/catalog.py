@@ -13,7 +13,7 @@ from .systems import PIPELINES, SYSTEMS, TrainingSystem
 
 def load_systems() -> Registry[type[TrainingSystem]]:
     """SYSTEMS with every system of facefab registered."""
-    from . import facevid2vid, gaia, hallo, mytalk, v_express  # noqa: F401 -- registered on import
+    from . import facevid2vid, follow_your_emoji, gaia, hallo, mytalk, v_express  # noqa: F401 -- registered on import
 
     return SYSTEMS
 

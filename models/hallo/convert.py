@@ -33,9 +33,11 @@ import os
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from ..v_express.convert import _wav2vec2_key, _weights_to_safetensors, official_to_facefab
+from ..shared.checkpoints import load_pickle as _load_pickle
+from ..shared.checkpoints import weights_to_safetensors as _weights_to_safetensors
+from ..shared.checkpoints import write_part as _write_part
+from ..v_express.convert import _wav2vec2_key, official_to_facefab
 from .config import check, official
 from .net import PART_CLASSES, build_parts
 from .pipeline import AUDIO_ENCODER_FOLDER, CONFIG_FILE, VAE_FOLDER, write_index
@@ -66,22 +68,11 @@ def _find_net(src: str) -> str:
                             "(the layout of huggingface fudan-generative-ai/hallo)")
 
 
-def _load_pickle(path: str) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def _empty_parts(config: dict) -> dict[str, torch.nn.Module]:
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         return build_parts(config)
-
-
-def _write_part(folder: str, module, state: dict[str, torch.Tensor]) -> None:
-    os.makedirs(folder, exist_ok=True)
-    module.save_config(folder)
-    save_file(state, os.path.join(folder, WEIGHTS_NAME))
 
 
 def _copy_extras(net_path: str, dst: str) -> dict[str, bool]:

@@ -9,6 +9,10 @@
   a simple one or Hallo's official audio modules).
 - `latents`: SD VAE or pixel latents.
 - `sampling`: DDIM scheduler, training targets, classifier-free guidance, windowed sampling with
-  overlap (V-Express) or motion frames (Hallo).
+  overlap (V-Express), motion frames (Hallo) or known (inpainted) frames (Follow-Your-Emoji).
+- `guider`: the AnimateAnyone pose/landmark guider (V-Express' V-kps guider, Follow-Your-Emoji's
+  lmk_guider) and its features added after the denoiser's conv_in.
+- `checkpoints`: helpers of the released-checkpoint converters (tensors-only pickles, AnimateDiff names).
+- `driven`: the inference interface of the video-driven (reenactment) pipelines.
 - `talking`: the inference interface of the audio-driven talking-head pipelines.
 """

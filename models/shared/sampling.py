@@ -5,6 +5,8 @@
 - `guided(cond, uncond, scale)`: classifier-free guidance.
 - `sample_overlapping`: V-Express' long-video sampling: every step denoises overlapping context
   windows of the whole sequence and averages the overlapping predictions, so windows agree.
+- `sample_inpainted`: one window in which some frames are known (Follow-Your-Emoji's in-between windows):
+  every step the known frames' latents are reset to the known clean latents noised to that step.
 - `sample_continued`: Hallo's: windows one after another, each conditioned on the last `motion_frames`
   clean latents of the one before (the first on the reference repeated).
 
@@ -83,6 +85,35 @@ def sample_overlapping(predict: Callable[[torch.Tensor, torch.Tensor, slice], to
     return latents
 
 
+def sample_inpainted(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler, latents: torch.Tensor,
+                     steps: int, known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+                     seed: int = 0, progress: Progress = None) -> torch.Tensor:
+    """Denoise one window `latents` (B, C, F, h, w) from noise; `predict(window_latents, t)`. Frames where
+    `known_mask` (F,) is true are held at `known` (B, C, F, h, w; clean latents) noised to the current
+    timestep with one fixed noise drawn from `seed` (masked-frame inpainting), and returned exactly clean."""
+    scheduler.set_timesteps(steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    hold = known is not None and known_mask is not None and bool(known_mask.any())
+    if hold:
+        mask = known_mask.to(latents.device).view(1, 1, -1, 1, 1)
+        generator = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(known.shape, generator=generator).to(known)
+
+        def held(x: torch.Tensor, t) -> torch.Tensor:
+            noised = scheduler.add_noise(known, noise, torch.as_tensor([int(t)] * len(known), device=known.device))
+            return torch.where(mask, noised.to(x.dtype), x)
+
+        latents = held(latents, timesteps[0])
+    for i, t in enumerate(timesteps):
+        latents = scheduler.step(predict(scheduler.scale_model_input(latents, t), t), t, latents).prev_sample
+        if hold:
+            latents = held(latents, timesteps[i + 1]) if i + 1 < len(timesteps) else \
+                torch.where(mask, known.to(latents.dtype), latents)
+        if progress:
+            progress(i + 1, len(timesteps))
+    return latents
+
+
 def sample_continued(predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice], torch.Tensor], scheduler,
                      shape: tuple[int, int, int, int, int], first_motion: torch.Tensor, steps: int, window: int,
                      seed: int, progress: Progress = None) -> torch.Tensor:
@@ -111,4 +142,4 @@ def sample_continued(predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 __all__ = ["DEFAULT_SCHEDULER", "guided", "initial_noise", "make_scheduler", "noisy_batch", "sample_continued",
-           "sample_overlapping", "training_target"]
+           "sample_inpainted", "sample_overlapping", "training_target"]

@@ -24,12 +24,11 @@ import json
 import logging
 import os
 import re
-import shutil
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from ..shared.checkpoints import WEIGHTS_NAME, load_pickle, motion_key, place, weights_to_safetensors, write_part
 from .config import check, official
 from .pipeline import AUDIO_ENCODER_FOLDER, CONFIG_FILE, INDEX_FILE, PART_CLASSES, VAE_FOLDER, build_parts
 
@@ -38,19 +37,11 @@ log = logging.getLogger(__name__)
 OFFICIAL_FILES = {"reference_net": "reference_net.bin", "denoising_unet": "denoising_unet.bin",
                   "v_kps_guider": "v_kps_guider.bin", "audio_projection": "audio_projection.bin"}
 MOTION_FILE = "motion_module.bin"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-_MOTION_RENAMES = ((".temporal_transformer.", "."), (".attention_blocks.0.pos_encoder.", ".pos_embed."),
-                   (".attention_blocks.1.pos_encoder.", ".pos_embed."), (".attention_blocks.0.", ".attn1."),
-                   (".attention_blocks.1.", ".attn2."), (".norms.0.", ".norm1."), (".norms.1.", ".norm2."),
-                   (".ff_norm.", ".norm3."))
 
 
 def official_to_facefab(part: str, key: str) -> str:
     """The facefab name of an official parameter of `part` (the same name where nothing differs)."""
-    if part == "denoising_unet" and ".motion_modules." in key:
-        for old, new in _MOTION_RENAMES:
-            key = key.replace(old, new)
-    return key
+    return motion_key(key) if part == "denoising_unet" else key
 
 
 def _find_official(src: str) -> str:
@@ -62,11 +53,6 @@ def _find_official(src: str) -> str:
                             "model_ckpts/v-express/ (the layout of huggingface tk93/V-Express)")
 
 
-def _load_pickle(path: str) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def _empty_parts(config: dict) -> dict[str, torch.nn.Module]:
     from accelerate import init_empty_weights
 
@@ -76,50 +62,12 @@ def _empty_parts(config: dict) -> dict[str, torch.nn.Module]:
 
 def _place(part: str, official_state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
            source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    placed, unmapped = {}, []
-    for key, tensor in official_state.items():
-        if not torch.is_tensor(tensor):
-            unmapped.append(f"{source}:{key}")
-            continue
-        ours = official_to_facefab(part, key)
-        if ours in expected and tuple(expected[ours]) == tuple(tensor.shape):
-            placed[ours] = tensor.detach().contiguous()  # the released dtype (load_model casts)
-        else:
-            unmapped.append(f"{source}:{key}")
-    return placed, unmapped
+    return place(official_state, expected, source, lambda key: official_to_facefab(part, key))
 
 
 def _fresh_values(part: str, config: dict, keys: list[str]) -> dict[str, torch.Tensor]:
     state = build_parts(config, only=(part,))[part].state_dict()
     return {k: state[k].contiguous() for k in keys}
-
-
-def _write_part(folder: str, module, state: dict[str, torch.Tensor]) -> None:
-    os.makedirs(folder, exist_ok=True)
-    module.save_config(folder)
-    save_file(state, os.path.join(folder, WEIGHTS_NAME))
-
-
-def _weights_to_safetensors(src_dir: str, dst_dir: str, names: tuple[str, ...], out_name: str,
-                            rename=lambda k: k) -> bool:
-    """Copy config.json and the first weights file found in `src_dir` into `dst_dir` as `out_name`
-    (safetensors copied, pickles read tensors-only and re-written); False when there are none."""
-    for name in names:
-        path = os.path.join(src_dir, name)
-        if not os.path.isfile(path):
-            continue
-        os.makedirs(dst_dir, exist_ok=True)
-        shutil.copyfile(os.path.join(src_dir, "config.json"), os.path.join(dst_dir, "config.json"))
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = _load_pickle(path)
-        state = {rename(k): v.contiguous() for k, v in state.items() if rename(k) is not None}
-        save_file(state, os.path.join(dst_dir, out_name))
-        return True
-    return False
 
 
 def _wav2vec2_key(key: str) -> str | None:
@@ -141,7 +89,7 @@ def convert_extras(root: str, dst: str, vae: bool = True, audio_encoder: bool = 
         for folder, (name, sources, out_name, rename) in wanted.items():
             src = os.path.join(base, name)
             if not found[folder] and os.path.isfile(os.path.join(src, "config.json")):
-                found[folder] = _weights_to_safetensors(src, os.path.join(dst, folder), sources, out_name,
+                found[folder] = weights_to_safetensors(src, os.path.join(dst, folder), sources, out_name,
                                                         rename or (lambda k: k))
     return found
 
@@ -164,7 +112,7 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
             if not os.path.isfile(path):
                 log.warning("v-express convert: %s not found; %s keeps fresh weights there", path, part)
                 continue
-            placed, rest = _place(part, _load_pickle(path), expected, name)
+            placed, rest = _place(part, load_pickle(path), expected, name)
             state.update(placed)
             unmapped += rest
         absent = sorted(set(expected) - set(state))
@@ -172,7 +120,7 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
             state.update(_fresh_values(part, config, absent))
             missing[part] = absent
         mapped += len(expected) - len(absent)
-        _write_part(os.path.join(dst, part), module, state)
+        write_part(os.path.join(dst, part), module, state)
     with open(os.path.join(dst, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     index = {"_class_name": "VExpressPipeline",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
+from ..shared.guider import guider_conditioning
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.motion_unet import AudioUNetMotionModel, build_denoiser
 from ..shared.reference_attention import install_reference_attention
@@ -86,18 +86,7 @@ def build_parts(config: dict, only: tuple[str, ...] = tuple(PART_CLASSES)) -> di
     return {name: _BUILDERS[name](config) for name in only}
 
 
-@contextmanager
-def kps_conditioning(denoiser: nn.Module, features: torch.Tensor):
-    """Within: `features` (B, C, F, h, w) are added to the output of the denoiser's conv_in (the official
-    UNet3DConditionModel's `sample = conv_in(sample) + kps_features`); the denoiser folds frames into
-    its batch b-major, so they are folded the same way."""
-    b, c, f, h, w = features.shape
-    flat = features.transpose(1, 2).reshape(b * f, c, h, w)
-    handle = denoiser.conv_in.register_forward_hook(lambda _module, _args, out: out + flat.to(out.dtype))
-    try:
-        yield
-    finally:
-        handle.remove()
+kps_conditioning = guider_conditioning  # the V-kps features enter after conv_in (shared.guider)
 
 
 class _ScaledAttention:

@@ -11,27 +11,21 @@ that image into features added to the denoiser's first feature map.
   offsets and projected, plus the reference's own offset from that projection.
 - `draw_v_kps(size, kps)`: the official V-kps image (datasets/utils.py draw_v_kps_image): eye-nose
   sticks in 60 % red / green, then dots of radius 4 in red, green, blue, on black; RGB uint8.
-- `VKpsGuider`: the official module (modules/v_kps_guider.py, same parameter names and shapes):
-  conv_in, then per level a 3x3 conv and a stride-2 3x3 conv (`blocks`), SiLU after each, and a
-  zero-initialised conv_out to the UNet's first width. The official InflatedConv3d is a 2D conv applied
-  to every frame; here (B, 3, F, H, W) inputs are folded into the batch the same way.
+- `VKpsGuider`: the official module (modules/v_kps_guider.py, same parameter names and shapes), the
+  AnimateAnyone guider shared with Follow-Your-Emoji (facefab.models.shared.guider.Guider).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from torch import nn
 
 from facefab.face.mesh import IBUG_LEFT_EYE, IBUG_RIGHT_EYE, MEDIAPIPE_TO_68, canonical_points, to_68
 from facefab.face.pose import camera_matrix, euler_rotation, head_pose
+
+from ..shared.guider import Guider
 
 NOSE_TIP_68 = 30
 KPS_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # image-left eye, image-right eye, nose
@@ -100,34 +94,9 @@ def kps_images(kps: np.ndarray, size: int) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(*kps.shape[:-2], 3, size, size)
 
 
-class VKpsGuider(ModelMixin, ConfigMixin):
-    """V-kps image -> features at the latent resolution with the UNet's first width (zero at init)."""
-
-    @register_to_config
-    def __init__(self, conditioning_embedding_channels: int = 320, conditioning_channels: int = 3,
-                 block_out_channels: tuple[int, ...] = (16, 32, 96, 256)):
-        super().__init__()
-        widths = list(block_out_channels)
-        self.conv_in = nn.Conv2d(conditioning_channels, widths[0], kernel_size=3, padding=1)
-        self.blocks = nn.ModuleList()
-        for c_in, c_out in itertools.pairwise(widths):
-            self.blocks.append(nn.Conv2d(c_in, c_in, kernel_size=3, padding=1))
-            self.blocks.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=2))
-        self.conv_out = nn.Conv2d(widths[-1], conditioning_embedding_channels, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, conditioning: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, C, H/2^k, W/2^k); (B, 3, F, H, W) -> (B, C, F, h, w)."""
-        if conditioning.ndim == 5:
-            b, c, f = conditioning.shape[:3]
-            flat = conditioning.transpose(1, 2).reshape(b * f, c, *conditioning.shape[3:])
-            out = self(flat)
-            return out.reshape(b, f, *out.shape[1:]).transpose(1, 2)
-        x = F.silu(self.conv_in(conditioning))
-        for block in self.blocks:
-            x = F.silu(block(x))
-        return self.conv_out(x)
+class VKpsGuider(Guider):
+    """V-kps image -> features at the latent resolution with the UNet's first width (zero at init): the
+    shared official guider (facefab.models.shared.guider) under V-Express' name."""
 
 
 __all__ = ["VKpsGuider", "draw_v_kps", "kps_images", "posed_v_kps", "v_kps_points"]

@@ -57,7 +57,7 @@ def test_animate_from_a_driving_video_usage_errors_exit_2(tmp_path, capsys, monk
     monkeypatch.delenv("FACEFAB_CHECKPOINT_FACE_VID2VID", raising=False)
     portrait, video, out = str(tmp_path / "p.jpg"), str(tmp_path / "d.mp4"), str(tmp_path / "run")
     cases = [
-        (["--audio", video, "--driving", video], "not both"),
+        (["--audio", video, "--driving", video], "not several"),
         (["--driving", video, "--pose", video], "--pose goes with --audio"),
         (["--driving", video, "--fps", "30"], "fps"),
         (["--driving", video, "--model", "face-vid2vid"], "needs weights"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from facefab.models.shared.checkpoints import animatediff_keys
 from facefab.models.shared.latents import PixelCodec
 from facefab.models.v_express import AudioProjection, VExpressNet, VExpressPipeline, VKpsGuider, tiny
 from facefab.models.v_express.config import check
@@ -304,20 +305,6 @@ def test_a_later_stage_starts_from_the_earlier_export(tmp_path):
 
 # -- the official checkpoint ----------------------------------------------------------------------------------
 
-_TO_ANIMATEDIFF = ((".attn1.", ".attention_blocks.0."), (".attn2.", ".attention_blocks.1."), (".norm1.", ".norms.0."),
-                   (".norm2.", ".norms.1."), (".norm3.", ".ff_norm."))
-
-
-def _animatediff_name(key: str) -> str:
-    """A facefab motion-module name as the official (AnimateDiff) motion_module.bin spells it."""
-    head, _, rest = key.partition(".motion_modules.")
-    index, _, rest = rest.partition(".")
-    rest = "." + rest
-    for ours, theirs in _TO_ANIMATEDIFF:
-        rest = rest.replace(ours, theirs)
-    return f"{head}.motion_modules.{index}.temporal_transformer{rest}"
-
-
 def test_official_names_map_onto_ours():
     assert official_to_facefab(
         "denoising_unet",
@@ -355,15 +342,8 @@ def test_converter_places_official_tensors_and_reports_the_rest(tmp_path):
         assert tuple(spatial[key].shape) == shape, key
     reference_only = {k for k in spatial if ".attn1_5." in k or ".norm1_5." in k}
     assert len(reference_only) == 4 * 7  # 4 spatial blocks (down 0, mid, up 1 x2): norm w/b, q, k, v, out w/b
-    motion = {}
-    for k, v in denoiser.items():
-        if ".motion_modules." in k:
-            name = _animatediff_name(k)
-            if name.endswith("pos_embed.pe"):  # one positional encoding per AnimateDiff attention block
-                for block in (0, 1):
-                    motion[name.replace("pos_embed.pe", f"attention_blocks.{block}.pos_encoder.pe")] = v
-            else:
-                motion[name] = v
+    # one positional encoding per AnimateDiff attention block
+    motion = {name: v for k, v in denoiser.items() if ".motion_modules." in k for name in animatediff_keys(k)}
     torch.save(spatial, official / "denoising_unet.bin")
     torch.save(motion, official / "motion_module.bin")
     for name in ("reference_net", "v_kps_guider", "audio_projection"):
