@@ -21,7 +21,6 @@ facefab tensor no official one filled keeps its fresh initialisation and is list
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -29,8 +28,9 @@ from typing import Any
 import torch
 
 from ..shared.checkpoints import WEIGHTS_NAME, load_pickle, motion_key, place, weights_to_safetensors, write_part
+from ..shared.pipeline_folder import write_config, write_index
 from .config import check, official
-from .pipeline import CLASS_NAME, CONFIG_FILE, IMAGE_ENCODER_FOLDER, INDEX_FILE, PART_CLASSES, VAE_FOLDER, build_parts
+from .pipeline import CLASS_NAME, IMAGE_ENCODER_FOLDER, PART_CLASSES, VAE_FOLDER, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,8 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
             missing[part] = absent
         mapped += len(expected) - len(absent)
         write_part(os.path.join(dst, part), module, state)
-    with open(os.path.join(dst, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    index = {"_class_name": CLASS_NAME,
-             **{part: [cls.__module__.split(".")[0], cls.__name__] for part, cls in PART_CLASSES.items()}}
-    with open(os.path.join(dst, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
+    write_config(dst, config)
+    write_index(dst, CLASS_NAME, PART_CLASSES)
     extras = convert_extras(root, dst, vae=config["latent"]["type"] == "vae")
     if unmapped:
         log.warning("follow-your-emoji convert: %d official tensors not placed (e.g. %s)", len(unmapped), unmapped[:3])

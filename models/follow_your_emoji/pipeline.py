@@ -30,7 +30,6 @@ windows averaged every step (shared.sampling.sample_overlapping, the official co
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -41,18 +40,17 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from ..shared import pipeline_folder as folder_io
 from ..shared.guider import guider_conditioning
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.motion_unet import AudioUNetMotionModel, build_denoiser
 from ..shared.reference_attention import install_reference_attention
 from ..shared.sampling import guided, initial_noise, make_scheduler, sample_inpainted, sample_overlapping
-from ..weights import CheckpointError, load_model, pick_device, pick_dtype, resolve_checkpoint
+from ..weights import pick_device, pick_dtype, resolve_checkpoint
 from .config import check
 from .guider import LandmarkGuider
 from .landmarks import landmark_images, retarget
 
-CONFIG_FILE = "pipeline.json"
-INDEX_FILE = "model_index.json"
 CLASS_NAME = "FollowYourEmojiPipeline"
 PART_CLASSES: dict[str, type] = {"reference_net": UNet2DConditionModel, "denoising_unet": AudioUNetMotionModel,
                                  "lmk_guider": LandmarkGuider}
@@ -185,32 +183,15 @@ def clip_pixels(image: np.ndarray, size: int = 224) -> np.ndarray:
 
 def save_parts(parts: dict[str, nn.Module], folder: str, config: dict) -> None:
     """Write `parts` as save_pretrained subfolders (safetensors), pipeline.json and model_index.json."""
-    os.makedirs(folder, exist_ok=True)
-    for name, module in parts.items():
-        getattr(module, "module", module).save_pretrained(os.path.join(folder, name), safe_serialization=True)
-    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(check(config), f, indent=2, sort_keys=True)
-    index = {"_class_name": CLASS_NAME}
-    index.update({name: [type(module).__module__.split(".")[0], type(module).__name__] for name, module in parts.items()})
-    with open(os.path.join(folder, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
+    folder_io.save_parts(parts, folder, check(config), CLASS_NAME)
 
 
 def read_config(folder: str) -> dict:
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{folder} has no {CONFIG_FILE}: not a Follow-Your-Emoji pipeline folder")
-    with open(path) as f:
-        return check(json.load(f))
+    return folder_io.read_config(folder, check, "Follow-Your-Emoji")
 
 
 def load_parts(folder: str, device: Any = "cpu", dtype: Any = "fp32") -> dict[str, nn.Module]:
-    for name in PART_CLASSES:
-        if not os.path.isdir(os.path.join(folder, name)):
-            raise CheckpointError(f"Follow-Your-Emoji checkpoint {folder} has no {name}/ (train it with "
-                                  "`facefab train follow-your-emoji` or convert a released one)")
-    return {name: load_model(cls, folder, device=device, dtype=dtype, subfolder=name)
-            for name, cls in PART_CLASSES.items()}
+    return folder_io.load_parts(folder, PART_CLASSES, "Follow-Your-Emoji", "follow-your-emoji", device, dtype)
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------

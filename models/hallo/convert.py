@@ -27,7 +27,6 @@ facefab tensor no official one filled keeps its fresh initialisation and is list
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -37,10 +36,11 @@ import torch
 from ..shared.checkpoints import load_pickle as _load_pickle
 from ..shared.checkpoints import weights_to_safetensors as _weights_to_safetensors
 from ..shared.checkpoints import write_part as _write_part
+from ..shared.pipeline_folder import write_config
 from ..v_express.convert import _wav2vec2_key, official_to_facefab
 from .config import check, official
 from .net import PART_CLASSES, build_parts
-from .pipeline import AUDIO_ENCODER_FOLDER, CONFIG_FILE, VAE_FOLDER, write_index
+from .pipeline import AUDIO_ENCODER_FOLDER, VAE_FOLDER, write_index
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
             missing[part] = absent
         mapped += len(expected) - len(absent)
         _write_part(os.path.join(dst, part), module, state)
-    with open(os.path.join(dst, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+    write_config(dst, config)
     write_index(dst, PART_CLASSES)
     extras = _copy_extras(net_path, dst)
     if unmapped:

@@ -29,7 +29,6 @@ official unconditional input). Hallo has no head-pose input: `pose` is ignored (
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -39,18 +38,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..shared import pipeline_folder as folder_io
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.sampling import guided, make_scheduler, sample_continued
 from ..shared.speech import frame_windows, speech_windows
-from ..weights import CheckpointError, load_model, pick_device, pick_dtype, resolve_checkpoint
+from ..weights import CheckpointError, pick_device, pick_dtype, resolve_checkpoint
 from .config import check, latent_factor
 from .masks import box_image, region_boxes, region_masks
 from .net import PART_CLASSES, HalloNet
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "pipeline.json"
-INDEX_FILE = "model_index.json"
 VAE_FOLDER, AUDIO_ENCODER_FOLDER = "vae", "audio_encoder"
 FaceEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -104,37 +102,19 @@ def speech_features(config: dict, audio: np.ndarray, fps: float, num_frames: int
 
 def save_parts(parts: dict[str, nn.Module], folder: str, config: dict) -> None:
     """Write `parts` as save_pretrained subfolders (safetensors), pipeline.json and model_index.json."""
-    os.makedirs(folder, exist_ok=True)
-    for name, module in parts.items():
-        getattr(module, "module", module).save_pretrained(os.path.join(folder, name), safe_serialization=True)
-    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(check(config), f, indent=2, sort_keys=True)
-    write_index(folder, {name: type(module) for name, module in parts.items()})
-
-
-def write_index(folder: str, classes: dict[str, type]) -> None:
-    index = {"_class_name": "HalloPipeline",
-             **{name: [cls.__module__.split(".")[0], cls.__name__] for name, cls in classes.items()}}
-    with open(os.path.join(folder, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
+    folder_io.save_parts(parts, folder, check(config), "HalloPipeline")
 
 
 def read_config(folder: str) -> dict:
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{folder} has no {CONFIG_FILE}: not a Hallo pipeline folder")
-    with open(path) as f:
-        return check(json.load(f))
+    return folder_io.read_config(folder, check, "Hallo")
 
 
 def load_parts(folder: str, device: Any = "cpu", dtype: Any = "fp32") -> dict[str, nn.Module]:
-    """The five parts of a local pipeline folder."""
-    for name in PART_CLASSES:
-        if not os.path.isdir(os.path.join(folder, name)):
-            raise CheckpointError(f"Hallo checkpoint {folder} has no {name}/ "
-                                  "(train it with `facefab train hallo` or convert a released one)")
-    return {name: load_model(cls, folder, device=device, dtype=dtype, subfolder=name)
-            for name, cls in PART_CLASSES.items()}
+    return folder_io.load_parts(folder, PART_CLASSES, "Hallo", "hallo", device, dtype)
+
+
+def write_index(folder: str, classes: dict[str, type]) -> None:
+    folder_io.write_index(folder, "HalloPipeline", classes)
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ every facefab tensor no official one filled keeps its fresh initialisation and i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,8 +28,9 @@ from typing import Any
 import torch
 
 from ..shared.checkpoints import WEIGHTS_NAME, load_pickle, motion_key, place, weights_to_safetensors, write_part
+from ..shared.pipeline_folder import write_config, write_index
 from .config import check, official
-from .pipeline import AUDIO_ENCODER_FOLDER, CONFIG_FILE, INDEX_FILE, PART_CLASSES, VAE_FOLDER, build_parts
+from .pipeline import AUDIO_ENCODER_FOLDER, PART_CLASSES, VAE_FOLDER, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +121,10 @@ def convert(src: str, dst: str, config: dict | None = None) -> dict[str, Any]:
             missing[part] = absent
         mapped += len(expected) - len(absent)
         write_part(os.path.join(dst, part), module, state)
-    with open(os.path.join(dst, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    index = {"_class_name": "VExpressPipeline",
-             **{part: [cls.__module__.split(".")[0], cls.__name__] for part, cls in PART_CLASSES.items()}}
+    write_config(dst, config)
     extras = convert_extras(root, dst, vae=config["latent"]["type"] == "vae",
                             audio_encoder=config["audio"]["features"] == "wav2vec2")
-    with open(os.path.join(dst, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
+    write_index(dst, "VExpressPipeline", PART_CLASSES)
     if unmapped:
         log.warning("v-express convert: %d official tensors not placed (e.g. %s)", len(unmapped), unmapped[:3])
     for part, keys in missing.items():

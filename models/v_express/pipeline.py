@@ -26,7 +26,6 @@ overlaps every step (shared.sampling.sample_overlapping).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -37,19 +36,18 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
+from ..shared import pipeline_folder as folder_io
 from ..shared.guider import guider_conditioning
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.motion_unet import AudioUNetMotionModel, build_denoiser
 from ..shared.reference_attention import install_reference_attention
 from ..shared.sampling import guided, initial_noise, make_scheduler, sample_overlapping
 from ..shared.speech import speech_windows
-from ..weights import CheckpointError, load_model, pick_device, pick_dtype, resolve_checkpoint
+from ..weights import CheckpointError, pick_device, pick_dtype, resolve_checkpoint
 from .audio_projection import AudioProjection
 from .config import audio_tokens, check
 from .v_kps_guider import VKpsGuider, kps_images, posed_v_kps
 
-CONFIG_FILE = "pipeline.json"
-INDEX_FILE = "model_index.json"
 PART_CLASSES: dict[str, type] = {"reference_net": UNet2DConditionModel, "denoising_unet": AudioUNetMotionModel,
                                  "v_kps_guider": VKpsGuider, "audio_projection": AudioProjection}
 VAE_FOLDER, AUDIO_ENCODER_FOLDER = "vae", "audio_encoder"
@@ -211,35 +209,16 @@ def speech_tokens(config: dict, audio: np.ndarray, fps: float, num_frames: int, 
 # -- the folder -------------------------------------------------------------------------------------------
 
 def save_parts(parts: dict[str, nn.Module], folder: str, config: dict) -> None:
-    """Write `parts` (any of the four) as save_pretrained subfolders (safetensors), pipeline.json and
-    model_index.json into the local `folder` (a training stage's export)."""
-    os.makedirs(folder, exist_ok=True)
-    for name, module in parts.items():
-        getattr(module, "module", module).save_pretrained(os.path.join(folder, name), safe_serialization=True)
-    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(check(config), f, indent=2, sort_keys=True)
-    index = {"_class_name": "VExpressPipeline"}
-    index.update({name: [type(module).__module__.split(".")[0], type(module).__name__] for name, module in parts.items()})
-    with open(os.path.join(folder, INDEX_FILE), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
+    """Write `parts` as save_pretrained subfolders (safetensors), pipeline.json and model_index.json."""
+    folder_io.save_parts(parts, folder, check(config), "VExpressPipeline")
 
 
 def read_config(folder: str) -> dict:
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{folder} has no {CONFIG_FILE}: not a V-Express pipeline folder")
-    with open(path) as f:
-        return check(json.load(f))
+    return folder_io.read_config(folder, check, "V-Express")
 
 
 def load_parts(folder: str, device: Any = "cpu", dtype: Any = "fp32") -> dict[str, nn.Module]:
-    """The four parts of a local pipeline folder."""
-    for name in PART_CLASSES:
-        if not os.path.isdir(os.path.join(folder, name)):
-            raise CheckpointError(f"V-Express checkpoint {folder} has no {name}/ "
-                                  f"(train it with `facefab train v-express` or convert a released one)")
-    return {name: load_model(cls, folder, device=device, dtype=dtype, subfolder=name)
-            for name, cls in PART_CLASSES.items()}
+    return folder_io.load_parts(folder, PART_CLASSES, "V-Express", "v-express", device, dtype)
 
 
 # -- the pipeline -------------------------------------------------------------------------------------------
