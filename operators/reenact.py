@@ -20,12 +20,12 @@ whole portrait.
 `relative` (default): the driving motion relative to its first frame moves the portrait, which keeps its
 own face shape and pose; `--no-relative`/`relative=false` copies the driving face's absolute shape.
 
-Trajectories (`trajectories_uri`, `read_trajectories`): a JSON file {"tracks": [[[x, y] or null, ...], ...]}
-or a Parquet/CSV table with columns track, frame, x, y, in the portrait's pixels (frame 0: where each
-point sits on it); or a preprocess `flow` artifact (.npz: the flow stage's keypoint trajectories in its
-aligned crop), placed on the portrait through the portrait's own alignment, so the motion of that face's
-parts moves the same parts here. The weight-free path (`models/portrait/trajectories.py`) interpolates
-them into a dense field (thin-plate spline) and warps; the output has `fps` and the tracks' length.
+Trajectories (`trajectories_uri`, read by `trajectory_source.read_trajectories`): a JSON file, a
+Parquet/CSV table (track, frame, x, y) in the portrait's pixels, a preprocess `flow` artifact (.npz) or a
+preprocess ROOT[#clip] (that track's flow trajectories and its frame rate). Aligned-crop tracks are placed
+on the portrait through its own alignment, so the motion of that face's parts moves the same parts here.
+The weight-free path (`models/portrait/trajectories.py`) interpolates them into a dense field (thin-plate
+spline) and warps; the output has the tracks' length at `fps` (default: the clip's rate, else 25).
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ from facefab.models.portrait.trajectories import TrajectoryAnimation, Trajectory
 from .animate import PortraitGenerator, PortraitJobConfig
 from .base import OperatorError, Resources, register_stage
 from .dub import StageTimer, output_uri
+from .trajectory_source import read_trajectories
 
 DRIVEN = ("face-vid2vid", "follow-your-emoji")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
+DEFAULT_FPS = 25.0  # of trajectories that do not come with a clip's frame rate
 
 
 @dataclass
@@ -181,50 +183,11 @@ class ReenactPortrait(PortraitGenerator):
 class TrajectoryJobConfig(PortraitJobConfig):
     """Settings of an animate-along-trajectories job."""
 
-    fps: float = 25.0
+    fps: float | None = field(default=None, metadata={
+        "help": "output frame rate (default: the clip's when the tracks come from a preprocess root, else 25)"})
     motion: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     neural: ClassVar[tuple[str, ...]] = ()  # MOFA-Video is not built yet
-
-
-def read_trajectories(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, int | None]:
-    """((K, N, 2) positions, NaN where unseen; the flow crop's side when they are a preprocess flow
-    artifact's aligned-crop coordinates, else None: the portrait's pixels). See the module docstring."""
-    import io
-    import json
-
-    from facefab.manifests.storage import read_bytes
-
-    try:
-        data = read_bytes(uri, storage_options)
-    except FileNotFoundError:
-        raise OperatorError(f"trajectories '{uri}' not found") from None
-    suffix = uri.split("?")[0].lower().rsplit(".", 1)[-1]
-    try:
-        if suffix == "npz":
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                return np.asarray(archive["trajectories"], np.float64), int(archive["flow_size"])
-        if suffix == "json":
-            tracks = json.loads(data)["tracks"]
-            frames = max(len(track) for track in tracks)
-            out = np.full((len(tracks), frames, 2), np.nan)
-            for k, track in enumerate(tracks):
-                for t, point in enumerate(track):
-                    if point is not None:
-                        out[k, t] = point
-            return out, None
-        import pandas as pd
-
-        table = pd.read_csv(io.BytesIO(data)) if suffix == "csv" else pd.read_parquet(io.BytesIO(data))
-        missing = {"track", "frame", "x", "y"} - set(table.columns)
-        if missing:
-            raise ValueError(f"a trajectory table needs the columns track, frame, x, y (missing {sorted(missing)})")
-        ids = {k: i for i, k in enumerate(sorted(table["track"].unique()))}
-        out = np.full((len(ids), int(table["frame"].max()) + 1, 2), np.nan)
-        out[table["track"].map(ids).to_numpy(), table["frame"].to_numpy(int)] = table[["x", "y"]].to_numpy(np.float64)
-        return out, None
-    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
-        raise OperatorError(f"trajectories '{uri}': {e}") from e
 
 
 @register_stage
@@ -250,11 +213,12 @@ class TrajectoryPortrait(PortraitGenerator):
         self.ctx.check_input(row["trajectories_uri"])
         image, faces, points = self.portrait_face(row, timer)
         with timer("decode"):
-            tracks, flow_size = read_trajectories(row["trajectories_uri"], self.ctx.storage_options)
+            found = read_trajectories(row["trajectories_uri"], self.ctx.storage_options)
+        tracks, fps = found.tracks, c.fps or found.fps or DEFAULT_FPS
         if c.max_duration is not None:
-            tracks = tracks[:, : max(1, round(c.max_duration * c.fps))]
-        if flow_size is not None:  # aligned-crop coordinates -> the portrait through its own alignment
-            to_image = cv2.invertAffineTransform(similarity_from_landmarks(points, flow_size))
+            tracks = tracks[:, : max(1, round(c.max_duration * fps))]
+        if found.crop_size is not None:  # aligned-crop coordinates -> the portrait through its own alignment
+            to_image = cv2.invertAffineTransform(similarity_from_landmarks(points, found.crop_size))
             tracks = tracks @ to_image[:, :2].T + to_image[:, 2]
         canvas, _, affine = self.head_framed(image, points)
         tracks = tracks @ affine[:, :2].T + affine[:, 2]
@@ -266,9 +230,9 @@ class TrajectoryPortrait(PortraitGenerator):
         frames = (self.model.render(tracks, t, canvas) for t in range(n))
         uri = output_uri(self.ctx, row)
         with timer("render_encode"):
-            written = self.write(uri, frames, c.fps, None, AUDIO_RATE, row)
+            written = self.write(uri, frames, fps, None, AUDIO_RATE, row)
         return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
-                "duration": round(n / c.fps, 3), "fps": c.fps, "face_count": len(faces), "tracks": len(tracks),
+                "duration": round(n / fps, 3), "fps": fps, "face_count": len(faces), "tracks": len(tracks),
                 "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
 
 

@@ -26,9 +26,10 @@ runs face-vid2vid. Settings only the driving-video path has: --relative, --motio
 Along trajectories (MOFA-Video's control): --reference portrait.jpg --trajectories FILE, or a MANIFEST with
 reference_uri and trajectories_uri. FILE is JSON {"tracks": [[[x, y] or null, ...], ...]} or a Parquet/CSV
 table (track, frame, x, y) in the portrait's pixels, or a preprocess flow artifact (.npz, the flow stage's
-keypoint trajectories of another face, placed through the portrait's alignment). The weight-free path
-interpolates the tracks into a dense motion field (thin-plate spline) and warps; the output runs at --fps
-for the tracks' length.
+keypoint trajectories of another face, placed through the portrait's alignment), or a preprocess ROOT#CLIP
+(the flow trajectories of that run's track CLIP: a row id, clip id or source video name; a bare ROOT when
+it has one track). The weight-free path interpolates the tracks into a dense motion field (thin-plate
+spline) and warps; the output runs at --fps (default: the clip's rate, else 25) for the tracks' length.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--driving", default=None, help="a driving video to reenact (with --reference, instead of --audio)")
     p.add_argument("--trajectories", default=None, metavar="FILE",
                    help="point tracks to move the portrait along: JSON, Parquet/CSV (track, frame, x, y) or a "
-                        "preprocess flow artifact (.npz)")
+                        "preprocess flow artifact (.npz) or a preprocess ROOT#CLIP")
     add_run_args(p)
     add_config_flags(p, AnimateConfig)
     shared = {name for name, *_ in walk_fields(AnimateConfig)}

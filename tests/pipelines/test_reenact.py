@@ -173,3 +173,34 @@ def test_trajectories_move_the_portrait_along_them_in_every_format(shared_data, 
         assert brows < 0.25 * drop.max()
     assert np.nanmax(np.abs(chins["json"] - chins["parquet"])) < 0.5
     assert np.nanmax(np.abs(chins["json"] - chins["npz"])) < 1.0
+
+
+def test_trajectories_from_a_preprocess_root_by_clip(talking_root, shared_data, tmp_path):
+    """`--trajectories ROOT#drive_d6` takes that track's flow trajectories and its clip's frame rate: the
+    same video as from its flow artifact; a bare ROOT with two tracks, or an unknown clip, fails its row
+    naming the tracks to choose from."""
+    from facefab.operators.base import RunContext
+    from facefab.operators.reenact import TrajectoryJobConfig
+    from facefab.pipelines.animate import animate_inputs, build_operators
+    from facefab.pipelines.engine import run_local
+
+    (track,) = [r for r in read_manifest(talking_root).to_pylist() if "drive_d6" in r["video_uri"]]
+    portrait = str(shared_data / "portraits" / "lp_s9.jpg")
+    config = TrajectoryJobConfig(watermark=False, crf=12, max_duration=1.0, size=192)
+    out = {}
+    for name, uri in [("root", f"{talking_root}#drive_d6"), ("by_id", f"{talking_root}#{track['id']}"),
+                      ("artifact", track["flow_uri"]), ("bare", talking_root), ("unknown", f"{talking_root}#nope")]:
+        (row,) = run_local(build_operators(config), animate_inputs(reference=portrait, trajectories=uri),
+                           RunContext(str(tmp_path / name)))
+        out[name] = row
+    for name in ("bare", "unknown"):
+        assert out[name]["status"] == "failed" and track["id"] in str(out[name]["error"]), out[name]["error"]
+    assert "2 tracks" in str(out["bare"]["error"]) and "no track 'nope'" in str(out["unknown"]["error"])
+    for name in ("root", "by_id", "artifact"):
+        assert out[name]["status"] == "ok", out[name]["error"]
+    assert out["root"]["fps"] == out["by_id"]["fps"] == track["fps"] and out["artifact"]["fps"] == 25.0
+    assert out["root"]["frames"] == round(track["fps"]) and out["artifact"]["frames"] == 25
+    root_video, artifact_video = read_frames(out["root"]["out_uri"]), read_frames(out["artifact"]["out_uri"])
+    assert np.array_equal(root_video, read_frames(out["by_id"]["out_uri"]))
+    assert image_psnr(root_video[:25], artifact_video) > 40  # the same tracks placed the same way
+    assert np.abs(root_video[-1].astype(int) - root_video[0]).mean() > 0.5  # and they move the portrait
