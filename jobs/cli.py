@@ -30,6 +30,7 @@ COMMANDS = {
     "preprocess": "facefab.jobs.commands.preprocess",
     "dub": "facefab.jobs.commands.dub",
     "animate": "facefab.jobs.commands.animate",
+    "makeup": "facefab.jobs.commands.makeup",
     "train": "facefab.jobs.commands.train",
     "convert": "facefab.jobs.commands.convert",
     "models": "facefab.jobs.commands.models",

@@ -55,7 +55,8 @@ _MESH_REENACTMENT = "mesh-driven reenactment (facefab animate --driving VIDEO --
 
 for _spec in [
     GeneratorSpec("beautyrec", "BeautyREC", "makeup", ("video_uri", "reference_uri"),
-                  "makeup transfer from a reference face onto the video's face"),
+                  "makeup transfer from a reference face onto the video's face",
+                  weight_free_default="region colour transfer (facefab makeup --model weightfree)"),
     GeneratorSpec("follow-your-emoji", "Follow-Your-Emoji", "animate", ("reference_uri", "video_uri"),
                   "portrait animation driven by the expression landmarks of a driving video",
                   weight_free_default=_MESH_REENACTMENT, operator=_REENACT,

@@ -34,6 +34,7 @@ from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
 from .pose_source import read_pose_series
+from .video_faces import reference_face
 
 NEURAL = ("hallo", "v-express", "gaia")
 
@@ -143,24 +144,10 @@ class PortraitGenerator(GeneratorOperator):
 
     def portrait_face(self, row: dict[str, Any], timer: StageTimer) -> tuple[np.ndarray, list, np.ndarray]:
         """(the portrait (H, W, 3) uint8 RGB, the faces found on it, the chosen face's (478, 3) mesh)."""
-        from facefab.face.detection import detect_faces
-        from facefab.media import MediaError, read_image
-
         c = self.config
         self.ctx.check_input(row["reference_uri"])
-        with timer("decode"):
-            try:
-                image = read_image(row["reference_uri"], self.ctx.storage_options)
-            except MediaError as e:
-                raise OperatorError(f"reference: {e}") from e
-        with timer("face"):
-            faces = sorted(detect_faces(image[None], self.detector, min_face_px=c.faces.min_face_px)[0],
-                           key=lambda d: -float((d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])))
-            face = self._pick(faces, row["reference_uri"])
-            points = self.mesher(image, face.bbox)
-            if points is None:
-                raise OperatorError(f"reference '{row['reference_uri']}': the face mesh found no landmarks on the face")
-        return image, faces, np.asarray(points, np.float64)
+        return reference_face(row["reference_uri"], self.detector, self.mesher, c.faces.min_face_px, c.face_index,
+                              timer, self.ctx.storage_options)
 
     def head_framed(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The weight-free models' canvas: (the head crop of `size`, the mesh in it with z scaled like x,
@@ -195,19 +182,6 @@ class PortraitGenerator(GeneratorOperator):
             return (paste_back(image, frame, inverse) for frame in frames)
         interpolation = cv2.INTER_AREA if side > c.size else cv2.INTER_CUBIC
         return (cv2.resize(frame, (c.size, c.size), interpolation=interpolation) for frame in frames)
-
-    def _pick(self, faces: list, uri: str):
-        index = self.config.face_index
-        if not faces:
-            raise OperatorError(f"reference '{uri}': no face found")
-        if index is None:
-            if len(faces) > 1:
-                raise OperatorError(f"reference '{uri}' shows {len(faces)} faces: choose one with --face-index "
-                                    "(0: the largest)")
-            return faces[0]
-        if not 0 <= index < len(faces):
-            raise OperatorError(f"reference '{uri}' shows {len(faces)} face(s); --face-index {index} is out of range")
-        return faces[index]
 
     def write(self, uri: str, frames, fps: float, audio: np.ndarray | None, audio_rate: int,
               row: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -38,6 +37,7 @@ from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
+from .video_faces import decoded_or_streamed, detect_and_track, fill_short_gaps, select_track
 
 MODELS = ("auto", "weightfree", "mytalk")
 LENGTH_MODES = ("pingpong", "loop", "hold", "trim")
@@ -184,26 +184,6 @@ def read_new_audio(uri: str, sample_rate: int, mono: bool, max_duration: float |
 
 # -- faces -----------------------------------------------------------------------------------------
 
-def select_track(tracks: list, how: str, frame_wh: tuple[int, int]):
-    """The speaking face's track: "largest" (most box area summed over frames, so a big face that
-    stays wins over a bigger one passing by), "central" (nearest the frame centre among tracks at
-    least half as long as the longest) or a track number."""
-    if how.isdigit():
-        if int(how) >= len(tracks):
-            raise OperatorError(f"track {how} requested but the video has {len(tracks)} face track(s)")
-        return tracks[int(how)]
-    if how == "largest":
-        return max(tracks, key=lambda tr: float(np.prod(tr.bbox[:, 2:] - tr.bbox[:, :2], axis=1).sum()))
-    longest = max(len(tr) for tr in tracks)
-    centre = np.asarray(frame_wh, np.float64) / 2
-
-    def distance(tr) -> float:
-        mid = (tr.bbox[:, :2] + tr.bbox[:, 2:]) / 2
-        return float(np.linalg.norm((mid - centre) / centre, axis=1).mean())
-
-    return min((tr for tr in tracks if 2 * len(tr) >= longest), key=distance)
-
-
 def longest_run(mask: np.ndarray) -> tuple[int, int]:
     """(start, length) of the longest run of True in a 1-D mask; (0, 0) when there is none."""
     padded = np.concatenate([[0], np.asarray(mask, np.int8), [0]])
@@ -235,20 +215,6 @@ def faces_seen_in(detections: list[list], bbox: np.ndarray, every: int) -> np.nd
         seen[a + 1:b] = hit[a] and hit[b]
     seen[sampled] = [hit[i] for i in sampled]
     return seen
-
-
-def fill_short_gaps(points: np.ndarray, found: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks linearly interpolated over runs of at most `max_gap` frames where the mesh missed
-    the face (between two found frames), so a single miss mid-speech does not show the original
-    mouth for a frame."""
-    points, found = points.copy(), found.copy()
-    known = np.flatnonzero(found)
-    for before, after in itertools.pairwise(known):
-        if 1 < after - before <= max_gap + 1:
-            w = (np.arange(before + 1, after) - before)[:, None, None] / (after - before)
-            points[before + 1:after] = (1 - w) * points[before] + w * points[after]
-            found[before + 1:after] = True
-    return points, found
 
 
 # -- the operators ---------------------------------------------------------------------------------
@@ -292,7 +258,7 @@ class DubAnalyze(Operator):
         fps = info.fps
         wanted = round(len(new_audio) / FEATURE_RATE * fps)
         with local_path(row["video_uri"], opts) as path:
-            frames = self._analysed_frames(path, info, max(wanted / fps, c.bank_seconds), timer)
+            frames = decoded_or_streamed(path, info, max(wanted / fps, c.bank_seconds), timer)
             with timer("faces"):
                 track, count, seen = self._speaking_track(frames, row["video_uri"], (info.width, info.height), fps)
                 n = len(seen)
@@ -321,43 +287,12 @@ class DubAnalyze(Operator):
             "stage_seconds": timer.merged_into(row),
         }
 
-    @staticmethod
-    def _analysed_frames(path: str, info, seconds: float, timer: StageTimer):
-        """The first `seconds` of the source (all of it when shorter): decoded once when they fit
-        the frame budget (media.frame_cache.MAX_BYTES), else a stream read once per pass."""
-        from facefab.media import read_frames
-        from facefab.media.frame_cache import StreamedFrames, fits_in_memory
-
-        end = seconds if seconds < info.duration else None
-        if not fits_in_memory((end or info.duration) * info.fps, info.width, info.height):
-            return StreamedFrames(path, fps=None, start=None, end=end)
-        with timer("decode"):
-            return read_frames(path, end=end)
-
     def _speaking_track(self, frames, uri: str, frame_wh: tuple[int, int], fps: float):
         """(track, number of tracks, seen) of the frames (an array or a stream, read once); seen:
         per frame, whether a face was detected within the speaking track's region (near frames
         included, as detection runs on every `detect_every`th)."""
-        from facefab.face.detection import track_faces
-
-        f, every = self.config.faces, self.config.detect_every
-        detections: list[list] = []
-        last = None
-        for i, frame in enumerate(frames):
-            detections.append(self._detect(frame) if i % every == 0 else [])
-            last = frame
-        n = len(detections)
-        if n == 0:
-            raise OperatorError(f"source video '{uri}' decoded to 0 frames")
-        if (n - 1) % every:  # the last frame too, so the track reaches the end of the video
-            detections[-1] = self._detect(last)
-        tracks = track_faces(detections, iou_threshold=f.iou_threshold,
-                             max_gap_frames=max(f.max_gap_frames, every),
-                             min_track_frames=min(f.min_track_frames, n), smooth_window=f.smooth_window,
-                             join_gap_frames=max(1, round(fps)))
-        if not tracks:
-            raise OperatorError(f"no face found in {n} frames of '{uri}'" if not any(detections) else
-                                f"no face stays for {f.min_track_frames} frames in '{uri}'")
+        every = self.config.detect_every
+        tracks, detections = detect_and_track(frames, self._detect, every, self.config.faces, fps, uri)
         track = select_track(tracks, self.config.track, frame_wh)
         return track, len(tracks), faces_seen_in(detections, track.bbox, every)
 

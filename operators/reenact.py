@@ -43,6 +43,7 @@ from .animate import PortraitGenerator, PortraitJobConfig
 from .base import OperatorError, Resources, register_stage
 from .dub import StageTimer, output_uri
 from .trajectory_source import read_trajectories
+from .video_faces import muxable_audio
 
 DRIVEN = ("face-vid2vid", "follow-your-emoji")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
@@ -117,7 +118,7 @@ class ReenactPortrait(PortraitGenerator):
     def driving_face(self, uri: str, timer: StageTimer) -> DrivingFace:
         """Decode the driving video once, meshing its largest face frame by frame."""
         from facefab.face.detection import detect_faces
-        from facefab.media import MediaError, iter_frames, probe, read_audio
+        from facefab.media import MediaError, iter_frames, probe
 
         c, opts = self.config, self.ctx.storage_options
         with timer("decode"):
@@ -146,16 +147,8 @@ class ReenactPortrait(PortraitGenerator):
         points = np.stack(meshes)
         if not np.isfinite(points[:, 0, 0]).any():
             raise OperatorError(f"driving video '{uri}': no face found in any frame")
-        audio = None
-        if info.has_audio:
-            with timer("decode"):
-                try:
-                    audio = read_audio(uri, sample_rate=AUDIO_RATE, mono=False, end=len(points) / info.fps,
-                                       storage_options=opts)
-                    if len(audio) > 2:  # surround: the mux takes mono or stereo
-                        audio = audio.mean(axis=0)
-                except MediaError as e:
-                    raise OperatorError(f"driving video's audio: {e}") from e
+        with timer("decode"):
+            audio = muxable_audio(uri, info, len(points) / info.fps, AUDIO_RATE, opts, what="driving video")
         return DrivingFace(points, float(info.fps), audio)
 
     def _neural(self, image: np.ndarray, points: np.ndarray, uri: str, driving: DrivingFace):

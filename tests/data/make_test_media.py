@@ -62,6 +62,7 @@ AUDIO = {
 PORTRAITS = {
     "hallo_2.jpg": (None, 90, "441 px kept: two-faces test (the pair's width), flow test"),
     "hallo_3.jpg": (640, 84, "979 -> 640 px: mirrored-yaw test"),
+    "lp_s1.jpg": (512, 88, "1145 -> 512 px: the makeup reference (pink lips, blush, eye shadow)"),
     "lp_s9.jpg": (640, 84, "720x1280 -> 360x640 px: two-faces test, mirrored-yaw test"),
 }
 

@@ -1,0 +1,171 @@
+"""The stage base of generators that edit the faces of a video in place with a reference face (makeup,
+swap): `FaceVideoEditor`.
+
+    video_uri, reference_uri -> <stage> -> out_uri (ROOT/outputs/<name>.mp4)
+
+The reference image must show one face (or name one with `face_index`); no face, several faces or an
+unreadable file fail the row. The video is decoded once (kept in memory when it fits the frame budget,
+else streamed per pass), its faces detected every `detect_every` frames, tracked and meshed frame by
+frame (the mesh averaged over `smooth_window` frames); every track (`track="all"`) or the chosen one is
+edited. The output has the source's size, frame rate, length (cut by `max_duration`) and sound, and
+every provenance mark.
+
+A subclass says what it keeps of the reference (`prepare`), what it plans per face track (`plan_track`)
+and how one frame's face is edited (`edit`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import OperatorError, Resources
+from .dub import StageTimer, output_uri
+from .faces import FaceTrack, face_detector
+from .generator import GeneratorOperator
+from .landmarks import FaceLandmarks, face_mesher
+from .video_faces import (
+    MeshedTrack,
+    decoded_or_streamed,
+    detect_and_track,
+    mesh_tracks,
+    muxable_audio,
+    reference_face,
+    select_track,
+)
+
+AUDIO_RATE = 48000
+
+
+@dataclass
+class FaceEditJobConfig(GeneratorOperator.Config):
+    """Settings every face-editing job shares."""
+
+    model: str = field(default="auto", metadata={"help": "auto | weightfree"})
+    track: str = field(default="all", metadata={"help": "faces to edit: all | largest | central | a track number"})
+    face_index: int | None = field(default=None, metadata={
+        "help": "which face of a reference with several (0: the largest); required when there are several"})
+    max_duration: float | None = field(default=None, metadata={"help": "process at most this many seconds"})
+    detect_every: int = field(default=3, metadata={"help": "detect faces on every Nth frame; the tracker "
+                                                            "interpolates the boxes in between"})
+    smooth_window: int = field(default=3, metadata={"help": "frames the mesh is averaged over (steadier masks)"})
+    crf: int = 18
+    watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
+    faces: FaceTrack.Config = field(default_factory=lambda: FaceTrack.Config(min_track_frames=5))
+    landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
+
+    models: ClassVar[tuple[str, ...]] = ("auto", "weightfree")
+
+
+def validate(config: FaceEditJobConfig) -> None:
+    if config.model not in config.models:
+        raise ValueError(f"model must be one of {config.models}, got {config.model!r}")
+    if config.track not in ("all", "largest", "central") and not config.track.isdigit():
+        raise ValueError(f"track must be all, largest, central or a track number, got {config.track!r}")
+    if config.max_duration is not None and config.max_duration <= 0:
+        raise ValueError(f"max_duration must be positive, got {config.max_duration}")
+    if config.detect_every < 1 or config.smooth_window < 1:
+        raise ValueError("detect_every and smooth_window must be >= 1")
+
+
+class FaceVideoEditor(GeneratorOperator):
+    """(video_uri, reference_uri) -> the edited mp4 at `out_uri` (see the module docstring)."""
+
+    inputs = ("video_uri", "reference_uri")
+    outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "fps", "width", "height", "track_count",
+               "tracks_done", "face_fraction", "c2pa", "stage_seconds")
+    default_resources = Resources(num_cpus=0.5)
+    model_label: ClassVar[str] = "weightfree"  # the provenance tag's model
+
+    def setup(self) -> None:
+        validate(self.config)
+        super().setup()
+        self.detector = face_detector(self.config.faces)
+        self.mesher = face_mesher(self.config.landmarks)
+
+    def checkpoint_uri(self) -> str | None:
+        return None  # the weight-free editors are the only models so far
+
+    def prepare(self, image: np.ndarray, points: np.ndarray) -> Any:
+        """What the model keeps of the reference face; ValueError: the reference cannot be used."""
+        raise NotImplementedError
+
+    def plan_track(self, reference: Any, track: MeshedTrack) -> Any:
+        """Per face track, before its frames are edited (e.g. its state for temporal smoothing)."""
+        return None
+
+    def edit(self, frame: np.ndarray, points: np.ndarray, reference: Any, plan: Any, step: int) -> np.ndarray:
+        """`frame` with the face meshed by `points` edited; `step`: the frame's index in its track."""
+        raise NotImplementedError
+
+    def _detect(self, frame: np.ndarray) -> list:
+        from facefab.face.detection import detect_faces
+
+        return detect_faces(frame[None], self.detector, min_face_px=self.config.faces.min_face_px)[0]
+
+    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.media import MediaError, local_path, probe
+
+        c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
+        self.ctx.check_input(row["video_uri"])
+        self.ctx.check_input(row["reference_uri"])
+        image, _, ref_points = reference_face(row["reference_uri"], self.detector, self.mesher,
+                                              c.faces.min_face_px, c.face_index, timer, opts)
+        try:
+            reference = self.prepare(image, ref_points)
+        except ValueError as e:
+            raise OperatorError(f"reference '{row['reference_uri']}': {e}") from e
+        try:
+            info = probe(row["video_uri"], opts)
+        except MediaError as e:
+            raise OperatorError(f"source video: {e}") from e
+        if not info.has_video or not info.fps:
+            raise OperatorError(f"source video '{row['video_uri']}' has no video stream")
+        uri = output_uri(self.ctx, row)
+        with local_path(row["video_uri"], opts) as path:
+            frames = decoded_or_streamed(path, info, c.max_duration, timer)
+            with timer("faces"):
+                tracks, _ = detect_and_track(frames, self._detect, c.detect_every, c.faces, info.fps, row["video_uri"])
+                chosen = tracks if c.track == "all" else [select_track(tracks, c.track, (info.width, info.height))]
+            with timer("landmarks"):
+                meshed = mesh_tracks(frames, chosen, self.mesher, c.faces.max_gap_frames, c.smooth_window)
+            if not any(track.found.any() for track in meshed):
+                raise OperatorError(f"faces were tracked in '{row['video_uri']}' but the face mesh found none of them")
+            n = len(frames) if isinstance(frames, np.ndarray) else sum(1 for _ in frames)
+            with timer("plan"):
+                plans = [self.plan_track(reference, track) for track in meshed]
+            per_frame: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n)]
+            for k, track in enumerate(meshed):
+                for step, (t, points, found) in enumerate(zip(track.frame_index, track.landmarks, track.found,
+                                                              strict=True)):
+                    if found and t < n:
+                        per_frame[t].append((k, step, points))
+            audio = muxable_audio(path, info, n / info.fps, AUDIO_RATE, None)
+
+            def edited():
+                for t, frame in enumerate(frames):
+                    for k, step, points in per_frame[t]:
+                        frame = self.edit(frame, points, reference, plans[k], step)
+                    yield frame
+
+            with timer("render_encode"):
+                written = self._write(uri, edited(), info.fps, audio, row)
+        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": n,
+                "duration": round(n / info.fps, 3), "fps": info.fps, "width": info.width, "height": info.height,
+                "track_count": len(tracks), "tracks_done": len(meshed),
+                "face_fraction": round(float(np.mean([bool(f) for f in per_frame])), 4),
+                "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+
+    def _write(self, uri: str, frames, fps: float, audio, row: dict[str, Any]) -> dict[str, Any]:
+        from facefab.media import provenance
+
+        c = self.config
+        return provenance.write_synthetic_video(uri, frames, fps, model=self.model_label,
+                                                job_id=row.get("job_id") or row["id"], audio=audio,
+                                                audio_rate=AUDIO_RATE, crf=c.crf,
+                                                storage_options=self.ctx.storage_options, watermark=c.watermark)
+
+
+__all__ = ["AUDIO_RATE", "FaceEditJobConfig", "FaceVideoEditor", "validate"]
