@@ -31,6 +31,7 @@ COMMANDS = {
     "dub": "facefab.jobs.commands.dub",
     "animate": "facefab.jobs.commands.animate",
     "makeup": "facefab.jobs.commands.makeup",
+    "swap": "facefab.jobs.commands.swap",
     "train": "facefab.jobs.commands.train",
     "convert": "facefab.jobs.commands.convert",
     "models": "facefab.jobs.commands.models",

@@ -66,13 +66,15 @@ def video_inputs(specs: list[str], storage_options: dict[str, Any] | None = None
 
 
 def pair_inputs(kind: str, manifest: str | None, pair: dict[str, str | None],
-                storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                storage_options: dict[str, Any] | None = None,
+                flag_names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Generation input rows {id, <the two URI columns>, job_id, out_name, ...} from a Parquet/CSV
     manifest (the two columns of `pair`, optional job_id and out_name; other columns are kept), or
-    from one pair given as flags (`pair`: column -> value, e.g. {"video_uri": "v.mp4", ...}). The id
-    is stable over (both URIs, job_id), so reruns resume; out_names must be distinct and relative."""
+    from one pair given as flags (`pair`: column -> value, e.g. {"video_uri": "v.mp4", ...}; a column's
+    flag is --<column without _uri> unless `flag_names` names it). The id is stable over (both URIs,
+    job_id), so reruns resume; out_names must be distinct and relative."""
     columns = list(pair)
-    flags = " and ".join(f"--{c.removesuffix('_uri')}" for c in columns)
+    flags = " and ".join((flag_names or {}).get(c, f"--{c.removesuffix('_uri')}") for c in columns)
     given = [v for v in pair.values() if v]
     if manifest and given:
         raise ValueError(f"give either a MANIFEST or {flags}, not both")

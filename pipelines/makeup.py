@@ -8,13 +8,13 @@ duration, the tracks made up and `stage_seconds`.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from facefab.operators.base import Operator, RunContext
 from facefab.operators.makeup import ApplyMakeup, MakeupJobConfig, validate
 
-from .engine import PipelineRun, RunSummary, run_pipeline
+from .engine import RunSummary
+from .face_edit import face_edit_inputs, run_face_edit
 
 
 def build_operators(config: MakeupJobConfig) -> list[Operator]:
@@ -24,21 +24,12 @@ def build_operators(config: MakeupJobConfig) -> list[Operator]:
 
 def makeup_inputs(manifest: str | None = None, video: str | None = None, reference: str | None = None,
                   storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Input rows {id, video_uri, reference_uri, job_id, out_name, ...} from a Parquet/CSV manifest or one
-    pair; the id is stable over (video_uri, reference_uri, job_id), so reruns resume."""
-    from .inputs import pair_inputs
-
-    return pair_inputs("makeup", manifest, {"video_uri": video, "reference_uri": reference}, storage_options)
+    return face_edit_inputs("makeup", manifest, video, reference, storage_options)
 
 
 def run_makeup(inputs: list[dict[str, Any]], config: MakeupJobConfig, ctx: RunContext,
                **run_options: Any) -> RunSummary:
-    """Make up `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit, progress,
-    max_failed_fraction, commit_seconds)."""
-    ops = build_operators(config)
-    inputs = [{**row, "model": "weightfree"} for row in inputs]
-    run = PipelineRun("makeup", "makeup", ctx, config=asdict(config), **run_options)
-    return run_pipeline(run, ops, inputs)
+    return run_face_edit("makeup", build_operators(config), inputs, config, ctx, **run_options)
 
 
 __all__ = ["build_operators", "makeup_inputs", "run_makeup"]

@@ -1,0 +1,64 @@
+"""`swap`: the reference (source) face on the faces of a video, following their pose and expression.
+
+    video_uri, reference_uri -> swap_face -> out_uri (ROOT/outputs/<name>.mp4)
+
+The video loop, the reference checks and the output are `face_edit.FaceVideoEditor`'s.
+
+- `model="weightfree"` (what "auto" runs): the mesh swap of `models/swap/weightfree.py` (the source's
+  face shape with the video face's pose and expression, its texture warped per mesh triangle, relit and
+  colour-matched to the video face, blended inside the face's outline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facefab.models.swap.weightfree import SwapConfig, WeightFreeSwap
+
+from .base import register_stage
+from .face_edit import FaceEditJobConfig, FaceVideoEditor
+from .face_edit import validate as validate_job
+
+
+@dataclass
+class SwapJobConfig(FaceEditJobConfig):
+    """Settings of a face-swap job."""
+
+    swap: SwapConfig = field(default_factory=SwapConfig)
+
+
+def validate(config: SwapJobConfig) -> None:
+    validate_job(config)
+    config.swap.validate()
+
+
+@register_stage
+class SwapFace(FaceVideoEditor):
+    """(video_uri, reference_uri) -> the face-swapped mp4 at `out_uri`."""
+
+    name = "swap_face"
+    version = "1"
+    model_name = "face-adapter"
+    model_label = "weightfree-swap"
+    Config = SwapJobConfig
+
+    def setup(self) -> None:
+        validate(self.config)
+        super().setup()
+
+    def load_default(self):
+        return WeightFreeSwap(self.config.swap)
+
+    def prepare(self, image: np.ndarray, points: np.ndarray):
+        return self.model.source(image, points)
+
+    def plan_track(self, reference, track):
+        return self.model.plan(reference, track.landmarks)
+
+    def edit(self, frame, points, reference, plan, step) -> np.ndarray:
+        return self.model.render(frame, points, reference, plan, step)
+
+
+__all__ = ["SwapFace", "SwapJobConfig", "validate"]

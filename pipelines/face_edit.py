@@ -1,0 +1,34 @@
+"""What the face-editing journeys (`facefab makeup`, `facefab swap`) share: their input rows and their
+run; each journey's DAG is its one stage (`facefab.operators.makeup`, `facefab.operators.swap`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from facefab.operators.base import Operator, RunContext
+
+from .engine import PipelineRun, RunSummary, run_pipeline
+
+
+def face_edit_inputs(kind: str, manifest: str | None, video: str | None, reference: str | None,
+                     storage_options: dict[str, Any] | None = None, reference_flag: str = "--reference"
+                     ) -> list[dict[str, Any]]:
+    """Input rows {id, video_uri, reference_uri, job_id, out_name, ...} from a Parquet/CSV manifest or one
+    pair; the id is stable over (video_uri, reference_uri, job_id), so reruns resume."""
+    from .inputs import pair_inputs
+
+    return pair_inputs(kind, manifest, {"video_uri": video, "reference_uri": reference}, storage_options,
+                       flag_names={"reference_uri": reference_flag})
+
+
+def run_face_edit(kind: str, ops: list[Operator], inputs: list[dict[str, Any]], config: Any, ctx: RunContext,
+                  **run_options: Any) -> RunSummary:
+    """Run the journey's stage over `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit,
+    progress, max_failed_fraction, commit_seconds)."""
+    inputs = [{**row, "model": "weightfree"} for row in inputs]
+    run = PipelineRun(kind, kind, ctx, config=asdict(config), **run_options)
+    return run_pipeline(run, ops, inputs)
+
+
+__all__ = ["face_edit_inputs", "run_face_edit"]

@@ -1,0 +1,94 @@
+"""`facefab swap`: the weight-free mesh swap of a shared portrait onto a shared talking video."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from facefab.face.colour import inter_ocular
+from facefab.face.mesh import largest_face_landmarks
+from facefab.face.parsing import FaceContours, mouth_open_ratio
+from facefab.face.scores import finite_pearson, image_psnr
+from facefab.jobs.cli import main
+from facefab.manifests.io import read_manifest
+from facefab.media import probe, read_frames, read_image, read_metadata
+from facefab.media.provenance import read_tag
+
+SECONDS = 2.0
+# identity ratios of a face, each a distance over the inter-ocular distance: eye widths, mouth width, nose
+# bridge to tip, nose tip to upper lip, eyes to mouth, brows to eyes, nose width
+PAIRS = [(33, 133), (362, 263), (61, 291), (168, 4), (4, 0), (168, 13), (105, 159), (334, 386), (98, 327)]
+
+
+def _ratios(points: np.ndarray) -> np.ndarray:
+    xy = points[..., :2]
+    iod = np.linalg.norm(xy[..., 468, :] - xy[..., 473, :], axis=-1)[..., None]
+    return np.stack([np.linalg.norm(xy[..., a, :] - xy[..., b, :], axis=-1) for a, b in PAIRS], -1) / iod
+
+
+@pytest.fixture(scope="module")
+def swapped(shared_data, tmp_path_factory, ray_local) -> dict:
+    video = str(shared_data / "videos" / "drive_d10.mp4")
+    source = str(shared_data / "portraits" / "lp_s9.jpg")
+    out = tmp_path_factory.mktemp("swap") / "out"
+    assert main(["swap", "--video", video, "--source", source, "--out", str(out), "--max-duration", str(SECONDS),
+                 "--watermark", "false", "--crf", "12", "--no-progress"]) == 0
+    (row,) = read_manifest(str(out)).to_pylist()
+    return {"row": row, "video": video, "source": source, "out": out}
+
+
+def test_the_source_face_follows_the_video_face(swapped):
+    """The mouth opens and closes with the video's (r >= 0.8), the face's proportions move to the
+    source's, and pixels away from the face are the video's."""
+    row = swapped["row"]
+    assert row["status"] == "ok", row["error"]
+    video, output = read_frames(swapped["video"], end=SECONDS), read_frames(row["out_uri"])
+    info = probe(row["out_uri"])
+    assert output.shape == video.shape and info.fps == probe(swapped["video"]).fps and info.has_audio
+    assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "weightfree-swap"
+    before, after = largest_face_landmarks(video), largest_face_landmarks(output)
+    mouth_video, mouth_out = mouth_open_ratio(before), mouth_open_ratio(after)
+    r = finite_pearson(mouth_out, mouth_video)
+    source = read_image(swapped["source"])
+    target = _ratios(largest_face_landmarks(source[None])[0])
+    was = np.linalg.norm(_ratios(before) - target, axis=-1)
+    now = np.linalg.norm(_ratios(after) - target, axis=-1)
+    print(f"mouth opening r={r:.3f}; identity-ratio distance to the source {np.nanmean(was):.3f} -> "
+          f"{np.nanmean(now):.3f}")
+    assert r >= 0.8
+    assert np.nanmean(now) < 0.6 * np.nanmean(was)
+    contours = FaceContours.from_mediapipe()
+    for t in range(0, len(video), 10):
+        face = np.zeros(video.shape[1:3], np.uint8)
+        cv2.fillPoly(face, [np.round(before[t][contours.face_oval, :2]).astype(np.int32)], 1)
+        outside = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5) > inter_ocular(before[t])
+        assert image_psnr(output[t][outside], video[t][outside]) >= 40
+
+
+def test_contact_sheet(swapped):
+    """Video frames over swapped frames, face crops, for a viewer (seams, flicker, expression)."""
+    video, output = read_frames(swapped["video"], end=SECONDS), read_frames(swapped["row"]["out_uri"])
+    marks = largest_face_landmarks(video)
+    cells = []
+    for t in np.linspace(0, len(video) - 1, 6).astype(int):
+        lo, hi = np.nanmin(marks[t][:, :2], axis=0), np.nanmax(marks[t][:, :2], axis=0)
+        centre, half = (lo + hi) / 2, 0.8 * float((hi - lo).max())
+        x0, y0 = np.maximum((centre - half).astype(int), 0)
+        x1, y1 = (centre + half).astype(int)
+        cells.append(np.concatenate([cv2.resize(f[y0:y1, x0:x1], (192, 192)) for f in (video[t], output[t])]))
+    sheet = np.concatenate(cells, axis=1)
+    path = swapped["out"].parent / "swap_contact_sheet.png"
+    assert cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    print(f"contact sheet: {path}")
+    assert np.abs(sheet[192:].astype(int) - sheet[:192]).mean() > 3  # the faces did change
+
+
+def test_an_unreadable_source_fails_its_row(shared_data, tmp_path, ray_local):
+    broken = tmp_path / "source.jpg"
+    broken.write_bytes(b"not an image")
+    out = str(tmp_path / "out")
+    assert main(["swap", "--video", str(shared_data / "videos" / "drive_d6.mp4"), "--source", str(broken),
+                 "--out", out, "--max-duration", "0.5", "--no-progress"]) == 3
+    (row,) = read_manifest(out).to_pylist()
+    assert row["status"] == "failed" and "not a readable image" in str(row["error"])
