@@ -37,7 +37,7 @@ from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
-from .video_faces import decoded_or_streamed, detect_and_track, fill_short_gaps, select_track
+from .video_faces import decoded_or_streamed, detect_and_track, fill_short_gaps, probe_video, select_track
 
 MODELS = ("auto", "weightfree", "mytalk")
 LENGTH_MODES = ("pingpong", "loop", "hold", "trim")
@@ -240,7 +240,7 @@ class DubAnalyze(Operator):
         self.vad = load_vad()
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import MediaError, local_path, probe, read_audio
+        from facefab.media import local_path, read_audio
 
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
         self.ctx.check_input(row["video_uri"])
@@ -249,12 +249,7 @@ class DubAnalyze(Operator):
             new_audio = read_new_audio(row["audio_uri"], FEATURE_RATE, True, c.max_duration, opts)
         with timer("speech_check"):
             check_speech(new_audio, self.vad, c.vad_threshold, c.min_speech_seconds, f"new audio '{row['audio_uri']}'")
-        try:
-            info = probe(row["video_uri"], opts)
-        except MediaError as e:
-            raise OperatorError(f"source video: {e}") from e
-        if not info.has_video or not info.fps:
-            raise OperatorError(f"source video '{row['video_uri']}' has no video stream")
+        info = probe_video(row["video_uri"], opts)
         fps = info.fps
         wanted = round(len(new_audio) / FEATURE_RATE * fps)
         with local_path(row["video_uri"], opts) as path:

@@ -32,6 +32,7 @@ from .video_faces import (
     detect_and_track,
     mesh_tracks,
     muxable_audio,
+    probe_video,
     reference_face,
     select_track,
 )
@@ -57,6 +58,7 @@ class FaceEditJobConfig(GeneratorOperator.Config):
     landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
 
     models: ClassVar[tuple[str, ...]] = ("auto", "weightfree")
+    section: ClassVar[str | None] = None  # the weight-free model's settings (a field with its own validate())
 
 
 def validate(config: FaceEditJobConfig) -> None:
@@ -68,6 +70,8 @@ def validate(config: FaceEditJobConfig) -> None:
         raise ValueError(f"max_duration must be positive, got {config.max_duration}")
     if config.detect_every < 1 or config.smooth_window < 1:
         raise ValueError("detect_every and smooth_window must be >= 1")
+    if config.section:
+        getattr(config, config.section).validate()
 
 
 class FaceVideoEditor(GeneratorOperator):
@@ -106,7 +110,7 @@ class FaceVideoEditor(GeneratorOperator):
         return detect_faces(frame[None], self.detector, min_face_px=self.config.faces.min_face_px)[0]
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import MediaError, local_path, probe
+        from facefab.media import local_path
 
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
         self.ctx.check_input(row["video_uri"])
@@ -117,12 +121,7 @@ class FaceVideoEditor(GeneratorOperator):
             reference = self.prepare(image, ref_points)
         except ValueError as e:
             raise OperatorError(f"reference '{row['reference_uri']}': {e}") from e
-        try:
-            info = probe(row["video_uri"], opts)
-        except MediaError as e:
-            raise OperatorError(f"source video: {e}") from e
-        if not info.has_video or not info.fps:
-            raise OperatorError(f"source video '{row['video_uri']}' has no video stream")
+        info = probe_video(row["video_uri"], opts)
         uri = output_uri(self.ctx, row)
         with local_path(row["video_uri"], opts) as path:
             frames = decoded_or_streamed(path, info, c.max_duration, timer)

@@ -12,14 +12,14 @@ The video loop, the reference checks and the output are `face_edit.FaceVideoEdit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from facefab.models.makeup.weightfree import MakeupConfig, MakeupState, WeightFreeMakeup
 
 from .base import register_stage
-from .face_edit import FaceEditJobConfig, FaceVideoEditor
-from .face_edit import validate as validate_job
+from .face_edit import FaceEditJobConfig, FaceVideoEditor, validate
 
 
 @dataclass
@@ -28,10 +28,7 @@ class MakeupJobConfig(FaceEditJobConfig):
 
     makeup: MakeupConfig = field(default_factory=MakeupConfig)
 
-
-def validate(config: MakeupJobConfig) -> None:
-    validate_job(config)
-    config.makeup.validate()
+    section: ClassVar[str | None] = "makeup"
 
 
 @register_stage
@@ -43,10 +40,6 @@ class ApplyMakeup(FaceVideoEditor):
     model_name = "beautyrec"
     model_label = "weightfree-makeup"
     Config = MakeupJobConfig
-
-    def setup(self) -> None:
-        validate(self.config)
-        super().setup()
 
     def load_default(self):
         return WeightFreeMakeup(self.config.makeup)

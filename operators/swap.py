@@ -12,14 +12,14 @@ The video loop, the reference checks and the output are `face_edit.FaceVideoEdit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from facefab.models.swap.weightfree import SwapConfig, WeightFreeSwap
 
 from .base import register_stage
-from .face_edit import FaceEditJobConfig, FaceVideoEditor
-from .face_edit import validate as validate_job
+from .face_edit import FaceEditJobConfig, FaceVideoEditor, validate
 
 
 @dataclass
@@ -28,10 +28,7 @@ class SwapJobConfig(FaceEditJobConfig):
 
     swap: SwapConfig = field(default_factory=SwapConfig)
 
-
-def validate(config: SwapJobConfig) -> None:
-    validate_job(config)
-    config.swap.validate()
+    section: ClassVar[str | None] = "swap"
 
 
 @register_stage
@@ -43,10 +40,6 @@ class SwapFace(FaceVideoEditor):
     model_name = "face-adapter"
     model_label = "weightfree-swap"
     Config = SwapJobConfig
-
-    def setup(self) -> None:
-        validate(self.config)
-        super().setup()
 
     def load_default(self):
         return WeightFreeSwap(self.config.swap)

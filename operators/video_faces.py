@@ -79,6 +79,19 @@ def mesh_tracks(frames, tracks: list, mesher, max_gap_frames: int, smooth_window
     return out
 
 
+def probe_video(uri: str, storage_options: dict | None, what: str = "source video"):
+    """The video's MediaInfo; OperatorError when it cannot be read or has no video stream."""
+    from facefab.media import MediaError, probe
+
+    try:
+        info = probe(uri, storage_options)
+    except MediaError as e:
+        raise OperatorError(f"{what}: {e}") from e
+    if not info.has_video or not info.fps:
+        raise OperatorError(f"{what} '{uri}' has no video stream")
+    return info
+
+
 def decoded_or_streamed(path: str, info, seconds: float | None, timer):
     """The first `seconds` of a local video (all of it when None or longer): decoded once when they fit
     the frame budget (media.frame_cache.MAX_BYTES), else a stream decoded again on each pass."""
@@ -156,4 +169,5 @@ def muxable_audio(uri: str, info, seconds: float, rate: int, storage_options: di
     return audio.mean(axis=0) if len(audio) > 2 else audio
 
 
-__all__ = ["MeshedTrack", "decoded_or_streamed", "detect_and_track", "fill_short_gaps", "mesh_tracks", "muxable_audio", "reference_face", "select_track"]
+__all__ = ["MeshedTrack", "decoded_or_streamed", "detect_and_track", "fill_short_gaps", "mesh_tracks", "muxable_audio", "probe_video", "reference_face",
+           "select_track"]
