@@ -38,7 +38,7 @@ _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 def cached_frames(uri: str, *, fps: float | None = None, start: float | None = None, end: float | None = None,
                   size: tuple[int, int] | None = None, storage_options: dict[str, Any] | None = None) -> np.ndarray:
     """read_frames(uri, fps=, start=, end=, size=) through the per-process cache."""
-    key = (uri, _identity(uri, storage_options), fps, start, end)
+    key = (uri, content_identity(uri, storage_options), fps, start, end)
     frames = _cache.get(key)
     if frames is None:
         frames = read_frames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
@@ -162,7 +162,7 @@ def take(frames: Iterable[np.ndarray], indices: Iterable[int]) -> Iterator[np.nd
         raise MediaError(f"frame {i} asked of a window of {count} frames")
 
 
-def _identity(uri: str, storage_options: dict[str, Any] | None) -> tuple:
+def content_identity(uri: str, storage_options: dict[str, Any] | None) -> tuple:
     """Size and modification stamp, so a file rewritten at the same URI is decoded afresh."""
     fs, path = open_fs(uri, storage_options)
     info = fs.info(path)

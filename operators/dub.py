@@ -33,7 +33,7 @@ from facefab.media.arrays import pack_arrays, unpack_arrays
 from facefab.models.lipsync.speech import as_speech, speech_features
 from facefab.models.lipsync.weightfree import WeightFreeConfig, WeightFreeLipSync
 
-from .base import Operator, OperatorError, Resources, RunContext, register_stage
+from .base import Operator, OperatorError, Resources, RunContext, register_stage, stable_id
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
@@ -44,6 +44,10 @@ LENGTH_MODES = ("pingpong", "loop", "hold", "trim")
 TRACK_CHOICES = ("largest", "central")  # or a track number
 FEATURE_RATE = 16000  # audio features (mel, VAD, RMS) are computed at 16 kHz mono
 OUTPUT_RATES = (16000, 48000)  # the muxed audio keeps its own rate within these bounds
+FACE_ARRAYS = ("landmarks", "valid", "bbox", "affine", "inverse")  # the speaking face, per source frame
+# the settings a dub's video analysis depends on (its cache key)
+ANALYSIS_SETTINGS = ("track", "crop_size", "crop_scale", "align_smooth_window", "vad_threshold", "detect_every",
+                     "faces", "landmarks")
 
 
 @dataclass
@@ -240,8 +244,6 @@ class DubAnalyze(Operator):
         self.vad = load_vad()
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import local_path, read_audio
-
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
         self.ctx.check_input(row["video_uri"])
         self.ctx.check_input(row["audio_uri"])
@@ -252,22 +254,16 @@ class DubAnalyze(Operator):
         info = probe_video(row["video_uri"], opts)
         fps = info.fps
         wanted = round(len(new_audio) / FEATURE_RATE * fps)
-        with local_path(row["video_uri"], opts) as path:
-            frames = decoded_or_streamed(path, info, max(wanted / fps, c.bank_seconds), timer)
-            with timer("faces"):
-                track, count, seen = self._speaking_track(frames, row["video_uri"], (info.width, info.height), fps)
-                n = len(seen)
-            with timer("landmarks"):
-                face = self._face_arrays(frames, n, track)
-            del frames
-            index = retime_index(n, wanted, c.length_mode)
-            with timer("audio_features"):
-                new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
-                own = None
-                if info.has_audio:
-                    own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / fps)
-                    # the source's own speech fits the per-video regression, which reads no formants
-                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold, formants=False)
+        # the analysed window: whole multiples of the bank, so dubs of one video into several languages
+        # (audio of slightly different lengths) share one analysis through the cache
+        window = math.ceil(max(wanted / fps, c.bank_seconds) / c.bank_seconds) * c.bank_seconds
+        video = self._video_analysis(row["video_uri"], info, window, timer)
+        face = {k: video[k] for k in FACE_ARRAYS}
+        seen, count, n = video["seen"], int(video["track_count"]), len(video["seen"])
+        own = {k.removeprefix("own_"): v for k, v in video.items() if k.startswith("own_")} or None
+        index = retime_index(n, wanted, c.length_mode)
+        with timer("audio_features"):
+            new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
         undubbed = self._check_coverage(new["vad"], seen[index] & ~face["valid"][index], fps)
         arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()},
                   **({f"own_{k}": v for k, v in own.items()} if own else {})}
@@ -281,6 +277,49 @@ class DubAnalyze(Operator):
             "source_speech_ratio": round(float(own["vad"].mean()), 4) if own else None,
             "stage_seconds": timer.merged_into(row),
         }
+
+    def _video_analysis(self, uri: str, info, seconds: float, timer: StageTimer) -> dict[str, np.ndarray]:
+        """What the dub needs of the source video's first `seconds` (all of it when shorter): the speaking
+        face's arrays (FACE_ARRAYS), `seen`, `track_count`, and the own speech features (own_*) when it has
+        sound. Cached under ROOT/cache/dub_analysis/, keyed by the video's content (size and modification
+        stamp or ETag), the window and the analysis settings: one video dubbed into many languages is
+        analysed once."""
+        from facefab.manifests.storage import exists, join_uri
+        from facefab.media import local_path, read_audio
+        from facefab.media.arrays import load_npz, save_npz
+        from facefab.media.frame_cache import content_identity
+
+        c, opts = self.config, self.ctx.storage_options
+        whole = seconds >= info.duration
+        settings = {name: getattr(c, name) for name in ANALYSIS_SETTINGS}
+        key = stable_id("dub-analysis", uri, content_identity(uri, opts), "whole" if whole else seconds,
+                        json.dumps(settings, sort_keys=True, default=lambda o: o.__dict__))
+        cached = join_uri(self.ctx.out_root, "cache", "dub_analysis", f"{key}.npz")
+        if exists(cached, opts):
+            with timer("analysis_cache"):
+                try:
+                    return load_npz(cached, opts)
+                except (OSError, ValueError):
+                    pass  # a damaged entry: analysed again and rewritten below
+        fps = info.fps
+        with local_path(uri, opts) as path:
+            frames = decoded_or_streamed(path, info, None if whole else seconds, timer)
+            with timer("faces"):
+                track, count, seen = self._speaking_track(frames, uri, (info.width, info.height), fps)
+                n = len(seen)
+            with timer("landmarks"):
+                face = self._face_arrays(frames, n, track)
+            del frames
+            own = None
+            if info.has_audio:
+                with timer("audio_features"):
+                    own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / fps)
+                    # the source's own speech fits the per-video regression, which reads no formants
+                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold, formants=False)
+        video = {**face, "seen": seen, "track_count": np.int32(count),
+                 **({f"own_{k}": v for k, v in own.items()} if own else {})}
+        save_npz(cached, opts, **video)
+        return video
 
     def _speaking_track(self, frames, uri: str, frame_wh: tuple[int, int], fps: float):
         """(track, number of tracks, seen) of the frames (an array or a stream, read once); seen:

@@ -465,3 +465,25 @@ def test_http_inputs_are_refused_unless_allowed(tmp_path):
     rows = dub_inputs(video=str(tmp_path / "elsewhere" / "v.mp4"), audio=str(tmp_path / "media" / "a.wav"))
     (row,) = run_local(build_operators(config), rows, allowed)
     assert row["status"] == "failed" and "outside the allowed input roots" in json.loads(row["error"])["message"]
+
+
+def test_one_video_into_several_languages_is_analysed_once(shared_data, tmp_path):
+    """Two new tracks for the same video: the second row reads the first's video analysis from
+    ROOT/cache/dub_analysis (no face tracking, no mesh), and its dub is the one a fresh analysis gives."""
+    video = str(shared_data / "videos" / "drive_d10.mp4")
+    tracks = []
+    for name, start in (("first", 0.0), ("second", 1.0)):
+        path = str(tmp_path / f"{name}.wav")
+        write_audio(path, read_audio(str(shared_data / "audio" / "speech_hallo1.wav"), start=start, end=start + 2.0),
+                    16000)
+        tracks.append(path)
+    config = DubConfig(score=False, watermark=False)
+    rows = [row for audio in tracks for row in dub_inputs(video=video, audio=audio)]
+    shared = run_local(build_operators(config), rows, RunContext(str(tmp_path / "shared")))
+    assert [r["status"] for r in shared] == ["ok", "ok"], [r["error"] for r in shared]
+    seconds = [json.loads(r["stage_seconds"]) for r in shared]
+    assert "landmarks" in seconds[0] and "analysis_cache" not in seconds[0]
+    assert "analysis_cache" in seconds[1] and "landmarks" not in seconds[1] and "faces" not in seconds[1]
+    assert len(os.listdir(tmp_path / "shared" / "cache" / "dub_analysis")) == 1
+    (fresh,) = run_local(build_operators(config), rows[1:], RunContext(str(tmp_path / "fresh")))
+    assert np.array_equal(read_frames(fresh["out_uri"]), read_frames(shared[1]["out_uri"]))
