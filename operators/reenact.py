@@ -45,7 +45,7 @@ from .dub import StageTimer, output_uri
 from .trajectory_source import read_trajectories
 from .video_faces import muxable_audio
 
-DRIVEN = ("face-vid2vid", "follow-your-emoji")
+DRIVEN = ("face-vid2vid", "follow-your-emoji", "megactor", "mofa-video")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
 DEFAULT_FPS = 25.0  # of trajectories that do not come with a clip's frame rate
 
@@ -180,7 +180,7 @@ class TrajectoryJobConfig(PortraitJobConfig):
         "help": "output frame rate (default: the clip's when the tracks come from a preprocess root, else 25)"})
     motion: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
-    neural: ClassVar[tuple[str, ...]] = ()  # MOFA-Video is not built yet
+    neural: ClassVar[tuple[str, ...]] = ("mofa-video",)  # the pipelines with `animate_tracks`
 
 
 @register_stage
@@ -213,20 +213,35 @@ class TrajectoryPortrait(PortraitGenerator):
         if found.crop_size is not None:  # aligned-crop coordinates -> the portrait through its own alignment
             to_image = cv2.invertAffineTransform(similarity_from_landmarks(points, found.crop_size))
             tracks = tracks @ to_image[:, :2].T + to_image[:, 2]
-        canvas, _, affine = self.head_framed(image, points)
-        tracks = tracks @ affine[:, :2].T + affine[:, 2]
-        try:
-            tracks = self.model.plan(tracks)
-        except ValueError as e:
-            raise OperatorError(f"trajectories '{row['trajectories_uri']}': {e}") from e
-        n = tracks.shape[1]
-        frames = (self.model.render(tracks, t, canvas) for t in range(n))
+        if isinstance(self.model, TrajectoryAnimation):
+            canvas, _, affine = self.head_framed(image, points)
+            tracks = tracks @ affine[:, :2].T + affine[:, 2]
+            try:
+                tracks = self.model.plan(tracks)
+            except ValueError as e:
+                raise OperatorError(f"trajectories '{row['trajectories_uri']}': {e}") from e
+            n = tracks.shape[1]
+            frames = (self.model.render(tracks, t, canvas) for t in range(n))
+        else:
+            with timer("generate"):
+                frames, n = self._neural(image, points, tracks)
         uri = output_uri(self.ctx, row)
         with timer("render_encode"):
             written = self.write(uri, frames, fps, None, AUDIO_RATE, row)
         return {"out_uri": uri, "model": self.model_label, "checkpoint": self.checkpoint_uri(), "frames": n,
                 "duration": round(n / fps, 3), "fps": fps, "face_count": len(faces), "tracks": len(tracks),
                 "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+
+    def _neural(self, image: np.ndarray, points: np.ndarray, tracks: np.ndarray):
+        """(the pipeline's frames, their count): the portrait's aligned crop moved along `tracks` (K, N, 2,
+        portrait pixels) by `animate_tracks`, resized to `size` or pasted back like the other neural paths."""
+        c = self.config
+        crop, _, affine = self.aligned(image, points)
+        frames = self.model.animate_tracks(crop, tracks @ affine[:, :2].T + affine[:, 2], steps=c.steps,
+                                           guidance_scale=c.guidance_scale, seed=c.seed)
+        if len(frames) != tracks.shape[1]:
+            raise OperatorError(f"{self.model_label} returned {len(frames)} frames for {tracks.shape[1]}")
+        return self.framed_output(frames, image, affine), len(frames)
 
 
 __all__ = ["DRIVEN", "DrivingFace", "ReenactJobConfig", "ReenactPortrait", "TrajectoryJobConfig",

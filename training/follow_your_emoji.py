@@ -98,6 +98,32 @@ def trainable_names(net: FollowYourEmojiNet, groups: list[str]) -> set[str]:
     return names
 
 
+def load_aligned_clip(row: dict[str, Any], size: int, max_frames: int, min_frames: int,
+                      storage_options: dict | None, system: str) -> dict[str, np.ndarray] | None:
+    """A preprocess row's aligned crops at `size` (at most `max_frames`; 0: all) and their meshes in those
+    pixels: {"crops" (N,S,S,3) uint8, "mesh" (N,478,2) float32, "valid" (N,) frames with a mesh}; None
+    (logged) when fewer than `min_frames` frames or two meshes."""
+    from facefab.media import probe, read_frames
+    from facefab.operators.track_row import read_frame_table
+
+    for key in ("crop_uri", "frames_uri"):
+        if not row.get(key):
+            raise ValueError(f"row {row.get('id')!r} has no {key} (run preprocess with the align stage)")
+    fps = float(row.get("fps") or probe(row["crop_uri"], storage_options).fps)
+    crops = read_frames(row["crop_uri"], end=max_frames / fps if max_frames else None, size=(size, size),
+                        storage_options=storage_options)
+    track = read_frame_table(row["frames_uri"], storage_options)
+    crop_size = int(row.get("crop_size") or probe(row["crop_uri"], storage_options).width)
+    mesh = track.landmarks_in_crop(row["frames_uri"])[..., :2] * (size / crop_size)
+    n = min(len(crops), len(mesh))
+    valid = np.isfinite(mesh[:n]).all(axis=(1, 2))
+    if n < min_frames or valid.sum() < 2:
+        log.warning("%s: %d frames (%d with landmarks): too few for %s samples", row.get("id"), n, valid.sum(),
+                    system)
+        return None
+    return {"crops": crops[:n], "mesh": mesh[:n].astype(np.float32), "valid": valid}
+
+
 @SYSTEMS.register("follow-your-emoji")
 class FollowYourEmojiSystem(TrainingSystemBase):
     """TrainingSystem for Follow-Your-Emoji (see the module docstring). Picklable: the codec is built where used."""
@@ -228,27 +254,8 @@ class FollowYourEmojiSystem(TrainingSystemBase):
             getattr(net, name).load_state_dict(part.state_dict())
 
     def _load_clip(self, row: dict[str, Any], storage_options: dict | None) -> dict[str, np.ndarray] | None:
-        from facefab.media import probe, read_frames
-        from facefab.operators.track_row import read_frame_table
-
-        for key in ("crop_uri", "frames_uri"):
-            if not row.get(key):
-                raise ValueError(f"row {row.get('id')!r} has no {key} (run preprocess with the align stage)")
-        size = int(self.config["size"])
-        fps = float(row.get("fps") or probe(row["crop_uri"], storage_options).fps)
-        max_frames = int(self.options["max_frames"])
-        crops = read_frames(row["crop_uri"], end=max_frames / fps if max_frames else None, size=(size, size),
-                            storage_options=storage_options)
-        track = read_frame_table(row["frames_uri"], storage_options)
-        crop_size = int(row.get("crop_size") or probe(row["crop_uri"], storage_options).width)
-        mesh = track.landmarks_in_crop(row["frames_uri"])[..., :2] * (size / crop_size)
-        n = min(len(crops), len(mesh))
-        valid = np.isfinite(mesh[:n]).all(axis=(1, 2))
-        if n < int(self.options["num_frames"]) + 1 or valid.sum() < 2:
-            log.warning("%s: %d frames (%d with landmarks): too few for follow-your-emoji samples", row.get("id"), n,
-                        valid.sum())
-            return None
-        return {"crops": crops[:n], "mesh": mesh[:n].astype(np.float32), "valid": valid}
+        return load_aligned_clip(row, int(self.config["size"]), int(self.options["max_frames"]),
+                                 int(self.options["num_frames"]) + 1, storage_options, self.name)
 
     def _draw(self, clip: dict[str, np.ndarray], rng: np.random.Generator, count: int) -> list[dict[str, np.ndarray]]:
         f, size = int(self.options["num_frames"]), int(self.config["size"])
@@ -275,4 +282,4 @@ class FollowYourEmojiSystem(TrainingSystemBase):
         return samples
 
 
-__all__ = ["DEFAULT_OPTIONS", "STAGES", "FollowYourEmojiSystem", "trainable_names"]
+__all__ = ["DEFAULT_OPTIONS", "STAGES", "FollowYourEmojiSystem", "load_aligned_clip", "trainable_names"]

@@ -14,5 +14,7 @@
   lmk_guider) and its features added after the denoiser's conv_in.
 - `checkpoints`: helpers of the released-checkpoint converters (tensors-only pickles, AnimateDiff names).
 - `driven`: the inference interface of the video-driven (reenactment) pipelines.
+- `net_pipeline`: what a pipeline around one network has by itself (size, device, dtype, placement, its
+  folder's vae/ and image_encoder/, latents -> frames), for the pipelines to share (MegActor's uses it).
 - `talking`: the inference interface of the audio-driven talking-head pipelines.
 """

@@ -1,6 +1,7 @@
-"""Helpers of the released-checkpoint converters of the diffusion systems (V-Express, Follow-Your-Emoji):
-tensors-only pickle reading, AnimateDiff motion-module names -> diffusers' UNetMotionModel names, placing
-official tensors by name and shape, and writing a part / a copied sub-model as safetensors."""
+"""Helpers of the released-checkpoint converters of the diffusion systems (V-Express, Follow-Your-Emoji,
+MegActor): tensors-only pickle reading, AnimateDiff motion-module names -> diffusers' UNetMotionModel names,
+placing official tensors by name and shape, completing a part with fresh tensors, and writing a part / a
+copied sub-model as safetensors."""
 
 from __future__ import annotations
 
@@ -72,6 +73,17 @@ def place(official_state: dict[str, torch.Tensor], expected: dict[str, torch.Siz
     return placed, unmapped
 
 
+def complete(state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+             fresh: Callable[[], dict[str, torch.Tensor]]) -> list[str]:
+    """Fill the keys of `expected` that `state` lacks from `fresh()` (a freshly built part's state dict, made
+    only when something is missing); returns those keys, sorted (the report's "missing")."""
+    absent = sorted(set(expected) - set(state))
+    if absent:
+        new = fresh()
+        state.update({k: new[k].contiguous() for k in absent})
+    return absent
+
+
 def write_part(folder: str, module, state: dict[str, torch.Tensor]) -> None:
     """A save_pretrained-style folder: the module's config.json and `state` as safetensors."""
     os.makedirs(folder, exist_ok=True)
@@ -101,5 +113,5 @@ def weights_to_safetensors(src_dir: str, dst_dir: str, names: tuple[str, ...], o
     return False
 
 
-__all__ = ["MOTION_RENAMES", "WEIGHTS_NAME", "animatediff_keys", "load_pickle", "motion_key", "place", "weights_to_safetensors",
-           "write_part"]
+__all__ = ["MOTION_RENAMES", "WEIGHTS_NAME", "animatediff_keys", "complete", "load_pickle", "motion_key", "place",
+           "weights_to_safetensors", "write_part"]
