@@ -3,7 +3,7 @@ single-process loop over the same jobs, for each path; from speech, or with --dr
 
     python benchmarks/animate_throughput.py [--models weightfree,hallo,v-express,gaia] [--preset tiny]
                                             [--jobs 4] [--seconds 2] [--size 256] [--device auto]
-    python benchmarks/animate_throughput.py --driving [--models weightfree,face-vid2vid] ...
+    python benchmarks/animate_throughput.py --driving [--models weightfree,face-vid2vid,follow-your-emoji,megactor,mofa-video]
 
 With --driving it first prints the weight-free reenactment's self-reenactment quality on every shared
 talking video (reference = its first frame, driving = the video): PSNR, SSIM and mean landmark
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--driving", action="store_true", help="animate from driving videos (reenactment)")
     parser.add_argument("--models", default=None,
-                        help="default: weightfree,hallo,v-express,gaia; with --driving weightfree,face-vid2vid")
+                        help="default: weightfree,hallo,v-express,gaia; with --driving weightfree,face-vid2vid,"
+                             "follow-your-emoji,megactor,mofa-video")
     parser.add_argument("--preset", default="tiny", help="preset of the untrained neural checkpoints (tiny|paper)")
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds of speech / driving video per job")
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from facefab.pipelines.engine import init_ray
     from facefab.training.catalog import export_untrained
 
-    models = args.models or ("weightfree,face-vid2vid" if args.driving else "weightfree,hallo,v-express,gaia")
+    models = args.models or ("weightfree,face-vid2vid,follow-your-emoji,megactor,mofa-video" if args.driving
+                             else "weightfree,hallo,v-express,gaia")
     if args.driving:
         self_reenactment(args.seconds)
     init_ray(progress=False)

@@ -19,7 +19,7 @@ several faces needs --face-index.
 From a driving video: --reference portrait.jpg --driving drive.mp4, or a MANIFEST with reference_uri
 and video_uri. The output has the driving video's frame rate and length (--max-duration cuts it) and its
 audio. The driving face's motion relative to its first frame moves the portrait, which keeps its own face
-shape (--relative false: the driving face's absolute shape). Without a checkpoint the weight-free
+shape (--absolute or --relative false: the driving face's absolute shape). Without a checkpoint the weight-free
 mesh-driven reenactment runs; --model face-vid2vid --checkpoint DIR (from `facefab train facevid2vid`)
 runs face-vid2vid. Settings only the driving-video path has: --relative, --motion-*.
 
@@ -58,6 +58,8 @@ def add_parser(sub) -> None:
     p.add_argument("--trajectories", default=None, metavar="FILE",
                    help="point tracks to move the portrait along: JSON, Parquet/CSV (track, frame, x, y) or a "
                         "preprocess flow artifact (.npz) or a preprocess ROOT#CLIP")
+    p.add_argument("--absolute", action="store_true",
+                   help="with --driving: copy the driving face's absolute shape (the same as --relative false)")
     add_run_args(p)
     add_config_flags(p, AnimateConfig)
     shared = {name for name, *_ in walk_fields(AnimateConfig)}
@@ -76,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     opts = storage_options_from_env(args.storage_options)
     inputs = animate_inputs(args.manifest, args.reference, args.audio, opts, pose=args.pose, driving=args.driving,
                             trajectories=args.trajectories)
+    if args.absolute:
+        if "video_uri" not in inputs[0]:
+            raise ValueError("--absolute goes with a driving video (--driving or a manifest's video_uri)")
+        setattr(args, "cfg:relative", False)
     config = build_config(config_class(inputs), args, args.config)
     build_operators(config, opts)  # fail fast on a bad setting or missing weights, before Ray starts
     summary = run_animate(inputs, config, run_context(args, opts), **run_options(args))

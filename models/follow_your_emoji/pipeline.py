@@ -44,6 +44,7 @@ from ..shared import pipeline_folder as folder_io
 from ..shared.guider import guider_conditioning
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.motion_unet import AudioUNetMotionModel, build_denoiser
+from ..shared.net_pipeline import NetPipeline
 from ..shared.reference_attention import install_reference_attention
 from ..shared.sampling import guided, initial_noise, make_scheduler, sample_inpainted, sample_overlapping
 from ..weights import pick_device, pick_dtype, resolve_checkpoint
@@ -196,24 +197,12 @@ def load_parts(folder: str, device: Any = "cpu", dtype: Any = "fp32") -> dict[st
 
 # -- the pipeline -------------------------------------------------------------------------------------------
 
-class FollowYourEmojiPipeline:
+class FollowYourEmojiPipeline(NetPipeline):
     """A reference crop driven by a driving video's landmarks (see the module docstring)."""
 
     def __init__(self, net: FollowYourEmojiNet, codec: PixelCodec | VaeCodec, config: dict, image_encoder=None):
         self.net, self.codec, self.config = net.eval(), codec, check(config)
         self.image_encoder = image_encoder
-
-    @property
-    def size(self) -> int:
-        return int(self.config["size"])
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", dtype: str = "auto") -> FollowYourEmojiPipeline:

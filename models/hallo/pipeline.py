@@ -40,6 +40,7 @@ from torch import nn
 
 from ..shared import pipeline_folder as folder_io
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
+from ..shared.net_pipeline import NetPipeline
 from ..shared.sampling import guided, make_scheduler, sample_continued
 from ..shared.speech import frame_windows, speech_windows
 from ..weights import CheckpointError, pick_device, pick_dtype, resolve_checkpoint
@@ -119,25 +120,13 @@ def write_index(folder: str, classes: dict[str, type]) -> None:
 
 # -- the pipeline ---------------------------------------------------------------------------------------------
 
-class HalloPipeline:
+class HalloPipeline(NetPipeline):
     """One reference portrait + speech -> talking frames (see the module docstring)."""
 
     def __init__(self, net: HalloNet, codec: PixelCodec | VaeCodec, config: dict, audio_encoder=None,
                  face_encoder: FaceEncoder | None = None):
         self.net, self.codec, self.config = net.eval(), codec, check(config)
         self.audio_encoder, self.face_encoder = audio_encoder, face_encoder
-
-    @property
-    def size(self) -> int:
-        return int(self.config["size"])
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", dtype: str = "auto") -> HalloPipeline:

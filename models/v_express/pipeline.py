@@ -40,6 +40,7 @@ from ..shared import pipeline_folder as folder_io
 from ..shared.guider import guider_conditioning
 from ..shared.latents import PixelCodec, VaeCodec, codec_from_folder, to_uint8, to_unit
 from ..shared.motion_unet import AudioUNetMotionModel, build_denoiser
+from ..shared.net_pipeline import NetPipeline
 from ..shared.reference_attention import install_reference_attention
 from ..shared.sampling import guided, initial_noise, make_scheduler, sample_overlapping
 from ..shared.speech import speech_windows
@@ -223,7 +224,7 @@ def load_parts(folder: str, device: Any = "cpu", dtype: Any = "fp32") -> dict[st
 
 # -- the pipeline -------------------------------------------------------------------------------------------
 
-class VExpressPipeline:
+class VExpressPipeline(NetPipeline):
     """One reference portrait + speech (+ an optional head-pose track) -> talking frames (see the module docstring)."""
 
     def __init__(self, net: VExpressNet, codec: PixelCodec | VaeCodec, config: dict, audio_encoder=None):
@@ -231,18 +232,6 @@ class VExpressPipeline:
         self.audio_encoder = audio_encoder
         set_audio_attention_weight(net.denoising_unet, float(config["sampling"]["audio_attention_weight"]))
         net.bank.weight = float(config["sampling"].get("reference_attention_weight", 1.0))
-
-    @property
-    def size(self) -> int:
-        return int(self.config["size"])
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.net.parameters()).dtype
 
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", dtype: str = "auto") -> VExpressPipeline:

@@ -62,6 +62,7 @@ def test_animate_from_a_driving_video_usage_errors_exit_2(tmp_path, capsys, monk
         (["--driving", video, "--fps", "30"], "fps"),
         (["--driving", video, "--model", "face-vid2vid"], "needs weights"),
         (["--audio", video, "--model", "face-vid2vid"], "model must be one of"),
+        (["--audio", video, "--absolute"], "--absolute goes with a driving video"),
     ]
     for flags, message in cases:
         assert main(["animate", "--reference", portrait, *flags, "--out", out]) == 2, flags

@@ -121,6 +121,18 @@ def test_cross_identity_follows_the_driving_mouth_keeps_the_portrait_and_fails_o
     assert main(args) == 0  # resumes: the done row is not redone
     assert os.stat(mona["out_uri"]).st_mtime_ns == stamp
 
+    # --absolute: the driving face's own shape, not the portrait's
+    absolute = str(tmp_path / "absolute")
+    assert main(["animate", "--reference", portrait, "--driving", driving, "--absolute", "--out", absolute,
+                 "--size", "256", "--max-duration", "0.5", "--no-progress"]) == 0
+    (row,) = read_manifest(absolute).to_pylist()
+    copied = largest_face_landmarks(read_frames(row["out_uri"]))
+    own_absolute = np.nanmean([_shape_distance(a, reference) for a in copied])
+    theirs_absolute = np.nanmean([_shape_distance(a, d) for a, d in zip(copied, driver, strict=False)])
+    print(f"--absolute: face shape distance to the portrait {own_absolute:.4f} (relative: {own:.4f}), "
+          f"to the driver {theirs_absolute:.4f} (relative: {theirs:.4f})")
+    assert own_absolute > 1.5 * own and theirs_absolute < 0.9 * theirs
+
 
 def test_trajectories_move_the_portrait_along_them_in_every_format(shared_data, tmp_path):
     """Sparse tracks (the chin and lower lip pulled down and back twice, the eyes and brows held) move
