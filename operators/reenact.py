@@ -43,7 +43,7 @@ from .animate import PortraitGenerator, PortraitJobConfig
 from .base import OperatorError, Resources, register_stage
 from .dub import StageTimer, output_uri
 from .trajectory_source import read_trajectories
-from .video_faces import muxable_audio
+from .video_faces import muxable_audio, probe_video
 
 DRIVEN = ("face-vid2vid", "follow-your-emoji", "megactor", "mofa-video")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
@@ -118,16 +118,11 @@ class ReenactPortrait(PortraitGenerator):
     def driving_face(self, uri: str, timer: StageTimer) -> DrivingFace:
         """Decode the driving video once, meshing its largest face frame by frame."""
         from facefab.face.detection import detect_faces
-        from facefab.media import MediaError, iter_frames, probe
+        from facefab.media import MediaError, iter_frames
 
         c, opts = self.config, self.ctx.storage_options
         with timer("decode"):
-            try:
-                info = probe(uri, opts)
-            except MediaError as e:
-                raise OperatorError(f"driving video: {e}") from e
-            if not info.has_video or not info.fps:
-                raise OperatorError(f"driving video '{uri}' has no video stream")
+            info = probe_video(uri, opts, what="driving video")
         meshes: list[np.ndarray] = []
         with timer("driving_mesh"):
             try:
