@@ -133,3 +133,30 @@ def talking_root(tmp_path_factory, ray_local) -> str:
     rows = read_manifest(root).to_pylist()
     assert sorted(r["status"] for r in rows) == ["ok", "ok"], [r.get("error") for r in rows]
     return root
+
+
+@pytest.fixture
+def animate_driving(shared_data, tmp_path):
+    """A callable: `facefab animate --driving drive_d6 --checkpoint CHECKPOINT` on the hallo_3 portrait for
+    `seconds` at 128 px, 2 steps, on the CPU; checks what every driven system's run must give (ok, tagged with
+    `model`, one 128 px frame per driving frame, the driving video's frame rate) and returns the row."""
+    from facefab.jobs.cli import main
+    from facefab.manifests import read_manifest
+    from facefab.media import probe, read_metadata
+    from facefab.media.provenance import read_tag
+
+    def run(checkpoint: str, model: str, seconds: float) -> dict:
+        driving = str(shared_data / "videos" / "drive_d6.mp4")
+        out = str(tmp_path / f"animate-{model}")
+        assert main(["animate", "--reference", str(shared_data / "portraits" / "hallo_3.jpg"), "--driving", driving,
+                     "--checkpoint", checkpoint, "--out", out, "--max-duration", str(seconds), "--size", "128",
+                     "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
+        (row,) = read_manifest(out).to_pylist()
+        assert row["status"] == "ok" and row["model"] == model, row["error"]
+        info, source = probe(row["out_uri"]), probe(driving)
+        assert abs(row["frames"] - round(min(seconds, source.duration) * source.fps)) <= 1
+        assert (info.width, info.height) == (128, 128) and abs(info.duration - row["frames"] / source.fps) <= 0.1
+        assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == model
+        return row
+
+    return run

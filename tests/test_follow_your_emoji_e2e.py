@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from facefab.jobs.cli import main
-from facefab.manifests import read_manifest
 from facefab.models.follow_your_emoji import FollowYourEmojiPipeline, tiny
 from facefab.training.follow_your_emoji import FollowYourEmojiSystem
 from facefab.training.runtime import read_summary
@@ -62,21 +61,7 @@ def test_the_group_export_loads_and_starts_the_temporal_stage(trained):
 
 
 @pytest.mark.slow
-def test_facefab_animate_drives_a_portrait_with_the_trained_checkpoint(trained, shared_data, tmp_path):
+def test_facefab_animate_drives_a_portrait_with_the_trained_checkpoint(trained, animate_driving):
     """`facefab animate --driving VIDEO --checkpoint CKPT/follow-your-emoji` (the system named by its
     model_index.json): one output frame per driving frame, tagged with the model."""
-    from facefab.media import probe, read_metadata
-    from facefab.media.provenance import read_tag
-
-    driving = str(shared_data / "videos" / "drive_d6.mp4")
-    out = str(tmp_path / "out")
-    assert main(["animate", "--reference", str(shared_data / "portraits" / "hallo_3.jpg"), "--driving", driving,
-                 "--checkpoint", str(trained["group"]), "--out", out, "--max-duration", "1", "--size", "128",
-                 "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
-    (row,) = read_manifest(out).to_pylist()
-    assert row["status"] == "ok" and row["model"] == "follow-your-emoji", row["error"]
-    info, source = probe(row["out_uri"]), probe(driving)
-    expected = round(min(1.0, source.duration) * source.fps)
-    assert abs(row["frames"] - expected) <= 1 and (info.width, info.height) == (128, 128)
-    assert abs(info.duration - row["frames"] / source.fps) <= 0.1
-    assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "follow-your-emoji"
+    animate_driving(str(trained["group"]), "follow-your-emoji", 1.0)

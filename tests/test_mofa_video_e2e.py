@@ -49,22 +49,9 @@ def test_training_learns_on_two_zero2_workers_and_the_export_loads(trained):
 
 
 @pytest.mark.slow
-def test_facefab_animate_drives_a_portrait_with_the_trained_checkpoint(trained, shared_data, tmp_path):
+def test_facefab_animate_drives_a_portrait_with_the_trained_checkpoint(trained, animate_driving):
     """`facefab animate --driving VIDEO --checkpoint CKPT/mofa-video`: one frame per driving frame."""
-    from facefab.media import probe, read_metadata
-    from facefab.media.provenance import read_tag
-
-    driving = str(shared_data / "videos" / "drive_d6.mp4")
-    out = str(tmp_path / "out")
-    assert main(["animate", "--reference", str(shared_data / "portraits" / "hallo_3.jpg"), "--driving", driving,
-                 "--checkpoint", str(trained["group"]), "--out", out, "--max-duration", "0.6", "--size", "128",
-                 "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
-    (row,) = read_manifest(out).to_pylist()
-    assert row["status"] == "ok" and row["model"] == "mofa-video", row["error"]
-    info, source = probe(row["out_uri"]), probe(driving)
-    expected = round(min(0.6, source.duration) * source.fps)
-    assert abs(row["frames"] - expected) <= 1 and (info.width, info.height) == (128, 128)
-    assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "mofa-video"
+    animate_driving(str(trained["group"]), "mofa-video", 0.6)
 
 
 @pytest.mark.slow
