@@ -260,13 +260,12 @@ class DubAnalyze(Operator):
         video = self._video_analysis(row["video_uri"], info, window, timer)
         face = {k: video[k] for k in FACE_ARRAYS}
         seen, count, n = video["seen"], int(video["track_count"]), len(video["seen"])
-        own = {k.removeprefix("own_"): v for k, v in video.items() if k.startswith("own_")} or None
+        own = {k: v for k, v in video.items() if k.startswith("own_")}  # the source's speech features, if any
         index = retime_index(n, wanted, c.length_mode)
         with timer("audio_features"):
             new = speech_features(new_audio, fps, len(index), self.vad, c.vad_threshold)
         undubbed = self._check_coverage(new["vad"], seen[index] & ~face["valid"][index], fps)
-        arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()},
-                  **({f"own_{k}": v for k, v in own.items()} if own else {})}
+        arrays = {**face, "index": index.astype(np.int32), **{f"new_{k}": v for k, v in new.items()}, **own}
         return {
             "_dub": pack_arrays(**arrays),
             "fps": fps, "width": info.width, "height": info.height,
@@ -274,7 +273,7 @@ class DubAnalyze(Operator):
             "face_fraction": round(float(face["valid"][index].mean()), 4), "undubbed_speech": undubbed,
             "track_count": count,
             "speech_ratio": round(float(new["vad"].mean()), 4),
-            "source_speech_ratio": round(float(own["vad"].mean()), 4) if own else None,
+            "source_speech_ratio": round(float(own["own_vad"].mean()), 4) if own else None,
             "stage_seconds": timer.merged_into(row),
         }
 

@@ -126,20 +126,21 @@ class FaceVideoEditor(GeneratorOperator):
         with local_path(row["video_uri"], opts) as path:
             frames = decoded_or_streamed(path, info, c.max_duration, timer)
             with timer("faces"):
-                tracks, _ = detect_and_track(frames, self._detect, c.detect_every, c.faces, info.fps, row["video_uri"])
+                tracks, detections = detect_and_track(frames, self._detect, c.detect_every, c.faces, info.fps,
+                                                      row["video_uri"])
                 chosen = tracks if c.track == "all" else [select_track(tracks, c.track, (info.width, info.height))]
             with timer("landmarks"):
                 meshed = mesh_tracks(frames, chosen, self.mesher, c.faces.max_gap_frames, c.smooth_window)
             if not any(track.found.any() for track in meshed):
                 raise OperatorError(f"faces were tracked in '{row['video_uri']}' but the face mesh found none of them")
-            n = len(frames) if isinstance(frames, np.ndarray) else sum(1 for _ in frames)
+            n = len(detections)  # one per decoded frame: no second pass to count a streamed video
             with timer("plan"):
                 plans = [self.plan_track(reference, track) for track in meshed]
             per_frame: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n)]
             for k, track in enumerate(meshed):
                 for step, (t, points, found) in enumerate(zip(track.frame_index, track.landmarks, track.found,
                                                               strict=True)):
-                    if found and t < n:
+                    if found:
                         per_frame[t].append((k, step, points))
             audio = muxable_audio(path, info, n / info.fps, AUDIO_RATE, None)
 
