@@ -37,7 +37,7 @@ from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
-from .video_faces import decoded_or_streamed, detect_and_track, fill_short_gaps, probe_video, select_track
+from .video_faces import decoded_or_streamed, detect_and_track, mesh_tracks, probe_video, select_track
 
 MODELS = ("auto", "weightfree", "mytalk")
 LENGTH_MODES = ("pingpong", "loop", "hold", "trim")
@@ -351,13 +351,12 @@ class DubAnalyze(Operator):
         """Per source frame (n of them): box, landmarks (NaN outside the track or where the mesh
         failed), valid, and frame <-> crop affines (edge-extended outside the track)."""
         from facefab.face.alignment import track_alignment
-        from facefab.face.mesh import NUM_LANDMARKS, mesh_track
-        from facefab.media.frame_cache import take
+        from facefab.face.mesh import NUM_LANDMARKS
 
         c = self.config
         frame_index = track.frame_index
-        marks, found = mesh_track(take(frames, frame_index), track.bbox, self.mesher)
-        marks, found = fill_short_gaps(marks, found, c.faces.max_gap_frames)
+        (meshed,) = mesh_tracks(frames, [track], self.mesher, c.faces.max_gap_frames)
+        marks, found = meshed.landmarks, meshed.found
         if not found.any():
             raise OperatorError(f"a face was tracked over {len(frame_index)} frames but the face mesh "
                                 "found no landmarks on it")

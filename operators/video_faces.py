@@ -169,5 +169,5 @@ def muxable_audio(uri: str, info, seconds: float, rate: int, storage_options: di
     return audio.mean(axis=0) if len(audio) > 2 else audio
 
 
-__all__ = ["MeshedTrack", "decoded_or_streamed", "detect_and_track", "fill_short_gaps", "mesh_tracks", "muxable_audio", "probe_video", "reference_face",
-           "select_track"]
+__all__ = ["MeshedTrack", "decoded_or_streamed", "detect_and_track", "fill_short_gaps", "mesh_tracks", "muxable_audio",
+           "probe_video", "reference_face", "select_track"]
