@@ -90,5 +90,5 @@ def averaged_colour(state: ColourState, region: str, now: RegionColour, keep: fl
     return now
 
 
-__all__ = ["SKIN_TOLERANCE", "ColourState", "RegionColour", "averaged_colour", "colour_of", "feathered", "from_lab", "inter_ocular",
-           "likeness", "to_lab", "transfer_colour"]
+__all__ = ["SKIN_TOLERANCE", "ColourState", "RegionColour", "averaged_colour", "colour_of", "feathered", "from_lab",
+           "inter_ocular", "likeness", "to_lab", "transfer_colour"]

@@ -53,7 +53,8 @@ class FaceEditJobConfig(GeneratorOperator.Config):
                                                             "interpolates the boxes in between"})
     smooth_window: int = field(default=3, metadata={"help": "frames the mesh is averaged over (steadier masks)"})
     crf: int = 18
-    watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
+    watermark: bool = field(default=True, metadata={
+        "help": "invisible watermark (the synthetic tag is always written)"})
     faces: FaceTrack.Config = field(default_factory=lambda: FaceTrack.Config(min_track_frames=5))
     landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
 

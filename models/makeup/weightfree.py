@@ -36,8 +36,8 @@ from facefab.face.colour import (
 from facefab.face.parsing import LABELS, FaceContours, face_label_mask
 
 REGIONS = ("lips", "skin", "eyes", "brows")
-EYE_LINE_SHARE = 0.3
-LIP_FEATHER = 0.2  # lips are thin: their edge is this share of the others' (or an open mouth's lips fade)  # eye shadow: from the lid up to this share of the lid->brow distance above the lid
+EYE_LINE_SHARE = 0.3  # eye shadow: from the lid up to this share of the lid->brow distance above the lid
+LIP_FEATHER = 0.2  # lips are thin: their edge is this share of the others' (or an open mouth's lips fade)
 
 
 @dataclass
