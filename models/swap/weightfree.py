@@ -34,8 +34,10 @@ from facefab.face.colour import (
     averaged_colour,
     colour_of,
     feathered,
+    SKIN_TOLERANCE,
     from_lab,
     inter_ocular,
+    likeness,
     to_lab,
     transfer_colour,
 )
@@ -193,8 +195,11 @@ class WeightFreeSwap:
             return frame
         own = averaged_colour(plan.colours, "skin", own, c.temporal)
         mask = self._blend_mask(local[:, :2], points[:, :2] - (x0, y0), covered, iod) * keep
-        # a shift, not a stretch, of the chroma: the eyes and lips keep their own distance from the skin
+        # a shift, not a stretch, of the chroma, and only where the source looks like its skin: lids, brows,
+        # eyes and lips keep the source's own colours (shifted, a dark lid turned purple)
         moved = transfer_colour(warped_lab, source.skin, own, c.lightness, scale_spread=False)
+        skin_like = likeness(warped_lab, source.skin, SKIN_TOLERANCE)[..., None]
+        moved[..., 1:] = warped_lab[..., 1:] + skin_like * (moved[..., 1:] - warped_lab[..., 1:])
         if c.relight > 0:  # the video face's light over the new face: its low-pass lightness replaces the source's
             moved[..., 0] += _masked_blur(lab[..., 0], mask, c.relight * iod) - _masked_blur(moved[..., 0], mask,
                                                                                           c.relight * iod)
