@@ -57,6 +57,25 @@ def transfer_colour(lab: np.ndarray, own: RegionColour, target: RegionColour, li
     return out
 
 
+def turn_chroma(lab: np.ndarray, own: RegionColour, target: RegionColour, lightness: float,
+                max_gain: float = 2.0) -> np.ndarray:
+    """Every pixel's chroma turned and scaled (one complex factor on a + ib) so the region's mean chroma
+    lands on the target's; lightness shifted by `lightness` of the mean difference. Unlike a shift,
+    greys stay grey and dark, weakly coloured pixels stay weak, and a grey target greys the whole face.
+    A near-grey region has no hue to turn from: then the chroma is shifted."""
+    source, wanted = complex(*own.mean[1:]), complex(*target.mean[1:])
+    if abs(source) < 2.0:
+        return transfer_colour(lab, own, target, lightness, scale_spread=False)
+    factor = wanted / source
+    if abs(factor) > max_gain:
+        factor *= max_gain / abs(factor)
+    out = lab.copy()
+    out[..., 0] = np.clip(lab[..., 0] + lightness * (target.mean[0] - own.mean[0]), 0.0, 100.0)
+    turned = (lab[..., 1] + 1j * lab[..., 2]) * factor
+    out[..., 1], out[..., 2] = turned.real, turned.imag
+    return out
+
+
 def feathered(mask: np.ndarray, feather_px: float) -> np.ndarray:
     """A soft mask inside `mask`: eroded by half the feather, then blurred, so nothing leaks outside."""
     hard = mask.astype(np.float32)

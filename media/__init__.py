@@ -6,6 +6,7 @@ from .io import (
     MediaError,
     MediaInfo,
     frame_times,
+    is_image,
     iter_frames,
     local_path,
     probe,
@@ -16,6 +17,7 @@ from .io import (
     resize_frames,
     set_codec_threads,
     write_audio,
+    write_image,
     write_video,
 )
 
@@ -23,6 +25,7 @@ __all__ = [
     "MediaError",
     "MediaInfo",
     "frame_times",
+    "is_image",
     "iter_frames",
     "local_path",
     "probe",
@@ -33,5 +36,6 @@ __all__ = [
     "resize_frames",
     "set_codec_threads",
     "write_audio",
+    "write_image",
     "write_video",
 ]

@@ -45,6 +45,12 @@ _EPS = 1e-6
 _VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 _AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 _AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def is_image(uri: str) -> bool:
+    """A still image, by file name (what `read_image` decodes)."""
+    return os.path.splitext(uri.split("?")[0])[1].lower() in IMAGE_SUFFIXES
 
 
 class MediaError(Exception):
@@ -182,7 +188,13 @@ def frame_times(uri: str, storage_options: dict | None = None) -> np.ndarray:
 
 
 def read_metadata(uri: str, storage_options: dict | None = None) -> dict[str, str]:
-    """Container-level metadata tags (e.g. 'comment', 'encoder', custom keys written by us)."""
+    """Container-level metadata tags (e.g. 'comment', 'encoder', custom keys written by us); a PNG's
+    text chunks."""
+    if uri.lower().endswith(".png"):
+        from PIL import Image
+
+        with local_path(uri, storage_options) as path, Image.open(path) as image:
+            return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
     with _open_container(uri, storage_options, _kind(uri)) as container:
         return dict(container.metadata)
 
@@ -648,6 +660,21 @@ def _planar_audio(audio: np.ndarray) -> np.ndarray:
     if np.issubdtype(audio.dtype, np.integer):
         audio = audio / float(np.iinfo(audio.dtype).max)
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def write_image(uri: str, image: np.ndarray, metadata: dict[str, str] | None = None,
+                storage_options: dict | None = None) -> None:
+    """Write an (H, W, 3) uint8 RGB image as PNG (lossless, `metadata` as text chunks), atomically."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    if not uri.lower().endswith(".png"):
+        raise ValueError(f"cannot write image '{uri}': only .png keeps the provenance tags")
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(str(key), str(value))
+    with atomic_output(uri, storage_options) as tmp:
+        Image.fromarray(_check_frame(image, None)).save(tmp, format="PNG", pnginfo=info)
 
 
 # --------------------------------------------------------------------------------------------

@@ -163,9 +163,9 @@ def retime_index(n_source: int, n_out: int, mode: str) -> np.ndarray:
     return np.minimum(t, n_source - 1)
 
 
-def output_uri(ctx: RunContext, row: dict[str, Any]) -> str:
+def output_uri(ctx: RunContext, row: dict[str, Any], suffix: str = ".mp4") -> str:
     name = row.get("out_name") or row["id"]
-    return join_uri(ctx.out_root, "outputs", name if name.lower().endswith(".mp4") else f"{name}.mp4")
+    return join_uri(ctx.out_root, "outputs", name if name.lower().endswith(suffix) else f"{name}{suffix}")
 
 
 def _finite(x: float) -> float | None:

@@ -75,6 +75,33 @@ def validate(config: FaceEditJobConfig) -> None:
         getattr(config, config.section).validate()
 
 
+@dataclass
+class _FaceEdit:
+    """The planned edit of one video's faces: which faces each frame has and each track's plan."""
+
+    editor: FaceVideoEditor
+    reference: Any
+    plans: list
+    per_frame: list[list[tuple[int, int, np.ndarray]]]  # per frame: (track, step in the track, mesh)
+    track_count: int
+    tracks_done: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.per_frame)
+
+    @property
+    def face_fraction(self) -> float:
+        return round(float(np.mean([bool(f) for f in self.per_frame])), 4)
+
+    def edited(self, frames):
+        """The frames (decoded again when streamed) with every planned face edited."""
+        for t, frame in enumerate(frames):
+            for k, step, points in self.per_frame[t]:
+                frame = self.editor.edit(frame, points, self.reference, self.plans[k], step)
+            yield frame
+
+
 class FaceVideoEditor(GeneratorOperator):
     """(video_uri, reference_uri) -> the edited mp4 at `out_uri` (see the module docstring)."""
 
@@ -111,7 +138,7 @@ class FaceVideoEditor(GeneratorOperator):
         return detect_faces(frame[None], self.detector, min_face_px=self.config.faces.min_face_px)[0]
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facefab.media import local_path
+        from facefab.media import is_image, local_path
 
         c, opts, timer = self.config, self.ctx.storage_options, StageTimer()
         self.ctx.check_input(row["video_uri"])
@@ -122,42 +149,70 @@ class FaceVideoEditor(GeneratorOperator):
             reference = self.prepare(image, ref_points)
         except ValueError as e:
             raise OperatorError(f"reference '{row['reference_uri']}': {e}") from e
+        if is_image(row["video_uri"]):
+            return self._edit_still(row, reference, timer)
         info = probe_video(row["video_uri"], opts)
         uri = output_uri(self.ctx, row)
         with local_path(row["video_uri"], opts) as path:
             frames = decoded_or_streamed(path, info, c.max_duration, timer)
-            with timer("faces"):
-                tracks, detections = detect_and_track(frames, self._detect, c.detect_every, c.faces, info.fps,
-                                                      row["video_uri"])
-                chosen = tracks if c.track == "all" else [select_track(tracks, c.track, (info.width, info.height))]
-            with timer("landmarks"):
-                meshed = mesh_tracks(frames, chosen, self.mesher, c.faces.max_gap_frames, c.smooth_window)
-            if not any(track.found.any() for track in meshed):
-                raise OperatorError(f"faces were tracked in '{row['video_uri']}' but the face mesh found none of them")
-            n = len(detections)  # one per decoded frame: no second pass to count a streamed video
-            with timer("plan"):
-                plans = [self.plan_track(reference, track) for track in meshed]
-            per_frame: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n)]
-            for k, track in enumerate(meshed):
-                for step, (t, points, found) in enumerate(zip(track.frame_index, track.landmarks, track.found,
-                                                              strict=True)):
-                    if found:
-                        per_frame[t].append((k, step, points))
-            audio = muxable_audio(path, info, n / info.fps, AUDIO_RATE, None)
-
-            def edited():
-                for t, frame in enumerate(frames):
-                    for k, step, points in per_frame[t]:
-                        frame = self.edit(frame, points, reference, plans[k], step)
-                    yield frame
-
+            edit = self._edit_faces(frames, (info.width, info.height), info.fps, row["video_uri"], reference,
+                                    c.faces, timer)
+            audio = muxable_audio(path, info, edit.frames / info.fps, AUDIO_RATE, None)
             with timer("render_encode"):
-                written = self._write(uri, edited(), info.fps, audio, row)
-        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": n,
-                "duration": round(n / info.fps, 3), "fps": info.fps, "width": info.width, "height": info.height,
-                "track_count": len(tracks), "tracks_done": len(meshed),
-                "face_fraction": round(float(np.mean([bool(f) for f in per_frame])), 4),
+                written = self._write(uri, edit.edited(frames), info.fps, audio, row)
+        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": edit.frames,
+                "duration": round(edit.frames / info.fps, 3), "fps": info.fps, "width": info.width,
+                "height": info.height, "track_count": edit.track_count, "tracks_done": edit.tracks_done,
+                "face_fraction": edit.face_fraction, "c2pa": written.get("c2pa"),
+                "stage_seconds": timer.merged_into(row)}
+
+    def _edit_still(self, row: dict[str, Any], reference: Any, timer: StageTimer) -> dict[str, Any]:
+        """A still (`video_uri` names an image): its faces edited as a one-frame video, written as a PNG."""
+        from dataclasses import replace
+
+        from facefab.media import MediaError, read_image
+        from facefab.media.provenance import write_synthetic_image
+
+        c = self.config
+        try:
+            with timer("decode"):
+                image = read_image(row["video_uri"], self.ctx.storage_options)
+        except MediaError as e:
+            raise OperatorError(str(e)) from e
+        height, width = image.shape[:2]
+        edit = self._edit_faces(image[None], (width, height), 1.0, row["video_uri"], reference,
+                                replace(c.faces, min_track_frames=1), timer)
+        uri = output_uri(self.ctx, row, suffix=".png")
+        with timer("render_encode"):
+            written = write_synthetic_image(uri, next(iter(edit.edited(image[None]))), model=self.model_label,
+                                            job_id=row.get("job_id") or row["id"],
+                                            storage_options=self.ctx.storage_options, watermark=c.watermark)
+        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": 1, "duration": None,
+                "fps": None, "width": width, "height": height, "track_count": edit.track_count,
+                "tracks_done": edit.tracks_done, "face_fraction": edit.face_fraction,
                 "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+
+    def _edit_faces(self, frames, size: tuple[int, int], fps: float, uri: str, reference: Any,
+                    faces: FaceTrack.Config, timer: StageTimer) -> _FaceEdit:
+        """Detect, track, choose and mesh the faces of `frames` (read once) and plan each track's edit."""
+        c = self.config
+        with timer("faces"):
+            tracks, detections = detect_and_track(frames, self._detect, c.detect_every, faces, fps, uri)
+            chosen = tracks if c.track == "all" else [select_track(tracks, c.track, size)]
+        with timer("landmarks"):
+            meshed = mesh_tracks(frames, chosen, self.mesher, faces.max_gap_frames, c.smooth_window)
+        if not any(track.found.any() for track in meshed):
+            raise OperatorError(f"faces were tracked in '{uri}' but the face mesh found none of them")
+        n = len(detections)  # one per decoded frame: no second pass to count a streamed video
+        with timer("plan"):
+            plans = [self.plan_track(reference, track) for track in meshed]
+        per_frame: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n)]
+        for k, track in enumerate(meshed):
+            for step, (t, points, found) in enumerate(zip(track.frame_index, track.landmarks, track.found,
+                                                          strict=True)):
+                if found:
+                    per_frame[t].append((k, step, points))
+        return _FaceEdit(self, reference, plans, per_frame, len(tracks), len(meshed))
 
     def _write(self, uri: str, frames, fps: float, audio, row: dict[str, Any]) -> dict[str, Any]:
         from facefab.media import provenance

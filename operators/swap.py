@@ -26,9 +26,23 @@ from .face_edit import FaceEditJobConfig, FaceVideoEditor, validate
 class SwapJobConfig(FaceEditJobConfig):
     """Settings of a face-swap job."""
 
+    mode: str = field(default="swap", metadata={
+        "help": "swap: the source's face on the video's faces; reenact: the source portrait moved like the "
+                "video's largest face (its pose and expression), written at the portrait's size"})
     swap: SwapConfig = field(default_factory=SwapConfig)
 
     section: ClassVar[str | None] = "swap"
+
+    def reenact_config(self):
+        """The `animate --driving` settings `mode="reenact"` runs: the whole portrait (paste_back), moved
+        relative to the video face's first frame."""
+        from .reenact import ReenactJobConfig
+
+        return ReenactJobConfig(
+            model="weightfree" if self.model == "auto" and not self.checkpoint else self.model,
+            checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
+            paste_back=True, relative=True, face_index=self.face_index, max_duration=self.max_duration, crf=self.crf,
+            watermark=self.watermark, landmarks=self.landmarks)
 
 
 @register_stage
@@ -54,4 +68,12 @@ class SwapFace(FaceVideoEditor):
         return self.model.render(frame, points, reference, plan, step)
 
 
-__all__ = ["SwapFace", "SwapJobConfig", "validate"]
+def validate_swap(config: SwapJobConfig) -> None:
+    validate(config)
+    if config.mode not in ("swap", "reenact"):
+        raise ValueError(f"mode must be swap or reenact, got {config.mode!r}")
+    if config.mode == "reenact" and config.track not in ("all", "largest"):
+        raise ValueError("--mode reenact follows the video's largest face; --track does not apply")
+
+
+__all__ = ["SwapFace", "SwapJobConfig", "validate_swap"]

@@ -12,14 +12,15 @@ from .engine import PipelineRun, RunSummary, run_pipeline
 
 
 def face_edit_inputs(kind: str, manifest: str | None, video: str | None, reference: str | None,
-                     storage_options: dict[str, Any] | None = None, reference_flag: str = "--reference"
-                     ) -> list[dict[str, Any]]:
+                     storage_options: dict[str, Any] | None = None, reference_flag: str = "--reference",
+                     target_flag: str = "--video") -> list[dict[str, Any]]:
     """Input rows {id, video_uri, reference_uri, job_id, out_name, ...} from a Parquet/CSV manifest or one
-    pair; the id is stable over (video_uri, reference_uri, job_id), so reruns resume."""
+    pair; the id is stable over (video_uri, reference_uri, job_id), so reruns resume. A `video_uri` naming
+    an image (.jpg, .png, ...) is edited as a still."""
     from .inputs import pair_inputs
 
     return pair_inputs(kind, manifest, {"video_uri": video, "reference_uri": reference}, storage_options,
-                       flag_names={"reference_uri": reference_flag})
+                       flag_names={"video_uri": target_flag, "reference_uri": reference_flag})
 
 
 def run_face_edit(kind: str, ops: list[Operator], inputs: list[dict[str, Any]], config: Any, ctx: RunContext,

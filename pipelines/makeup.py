@@ -14,7 +14,7 @@ from facefab.operators.base import Operator, RunContext
 from facefab.operators.makeup import ApplyMakeup, MakeupJobConfig, validate
 
 from .engine import RunSummary
-from .face_edit import face_edit_inputs, run_face_edit
+from .face_edit import run_face_edit
 
 
 def build_operators(config: MakeupJobConfig) -> list[Operator]:
@@ -22,14 +22,9 @@ def build_operators(config: MakeupJobConfig) -> list[Operator]:
     return [ApplyMakeup(config)]
 
 
-def makeup_inputs(manifest: str | None = None, video: str | None = None, reference: str | None = None,
-                  storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    return face_edit_inputs("makeup", manifest, video, reference, storage_options)
-
-
 def run_makeup(inputs: list[dict[str, Any]], config: MakeupJobConfig, ctx: RunContext,
                **run_options: Any) -> RunSummary:
     return run_face_edit("makeup", build_operators(config), inputs, config, ctx, **run_options)
 
 
-__all__ = ["build_operators", "makeup_inputs", "run_makeup"]
+__all__ = ["build_operators", "run_makeup"]

@@ -6,7 +6,8 @@ one pair with --video and --reference. Each row yields ROOT/outputs/<out_name or
 video at its own size, fps and length with its sound, every face track (--track all, the default) or the
 chosen one (largest | central | N) wearing the reference's lip colour, skin tone, eye shadow and brow
 colour (--makeup.regions lips,skin,eyes,brows), --makeup.strength 0..1 blending it; tagged synthetic and
-watermarked. A reference with no face or several faces (without --face-index), or an unreadable file,
+watermarked. --image (or a manifest row whose video_uri is an image) makes up a still: ROOT/outputs/<name>.png,
+tagged (PNG text chunks) and signed when a C2PA credential is configured. A reference with no face or several faces (without --face-index), or an unreadable file,
 fails its row with the reason. Rerunning the same command on the same ROOT resumes.
 
 The weight-free region colour transfer runs (models/makeup/weightfree.py); BeautyREC is not built yet.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import add_config_flags, build_config
+from .face_edit import add_face_edit_parser, run_face_edit_command, stage_operators as face_edit_operators
 
 HELP = "apply a reference face's makeup to the faces of videos (manifest of video/reference pairs)"
 
@@ -24,15 +25,8 @@ HELP = "apply a reference face's makeup to the faces of videos (manifest of vide
 def add_parser(sub) -> None:
     from facefab.operators.makeup import MakeupJobConfig
 
-    from ..cli import add_run_args
-
-    p = sub.add_parser("makeup", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="Parquet/CSV with video_uri, reference_uri")
-    p.add_argument("--video", default=None, help="one source video (with --reference, instead of a MANIFEST)")
-    p.add_argument("--reference", default=None, help="the face whose makeup to apply (one face)")
-    add_run_args(p)
-    add_config_flags(p, MakeupJobConfig)
-    p.set_defaults(func=run)
+    add_face_edit_parser(sub, "makeup", HELP, __doc__, MakeupJobConfig, "--reference",
+                         "the face whose makeup to apply (one face)", run)
 
 
 def stage_operators(args: argparse.Namespace) -> list:
@@ -40,19 +34,12 @@ def stage_operators(args: argparse.Namespace) -> list:
     from facefab.operators.makeup import MakeupJobConfig
     from facefab.pipelines.makeup import build_operators
 
-    return build_operators(build_config(MakeupJobConfig, args, args.config))
+    return face_edit_operators(args, MakeupJobConfig, build_operators)
 
 
 def run(args: argparse.Namespace) -> int:
-    from facefab.manifests.storage import join_uri, storage_options_from_env
     from facefab.operators.makeup import MakeupJobConfig
-    from facefab.pipelines.makeup import build_operators, makeup_inputs, run_makeup
+    from facefab.pipelines.makeup import build_operators, run_makeup
 
-    from ..cli import report_run, run_context, run_options
-
-    config = build_config(MakeupJobConfig, args, args.config)
-    build_operators(config)  # fail fast on a bad setting, before Ray starts
-    opts = storage_options_from_env(args.storage_options)
-    inputs = makeup_inputs(args.manifest, args.video, args.reference, opts)
-    summary = run_makeup(inputs, config, run_context(args, opts), **run_options(args))
-    return report_run(summary, outputs=join_uri(args.out, "outputs"))
+    return run_face_edit_command(args, "makeup", MakeupJobConfig, build_operators, run_makeup, args.reference,
+                                 "--reference")

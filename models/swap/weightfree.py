@@ -10,7 +10,8 @@ expression, from face meshes alone.
    source's), so the new face fills the old one's place and no old edge shows beside it.
 2. Texture: the source image warped onto that mesh, affine per triangle of MediaPipe's tesselation (the
    eye openings filled with the eye's and iris's points), triangles drawn far to near. Colour: the
-   source's skin chroma shifted to the video face's, its lightness too, and its low-frequency lightness
+   source's chroma turned and scaled so its skin's lands on the video face's (greys stay grey), its lightness
+   shifted, and its low-frequency lightness
    replaced by the video face's (`relight`): the video's light falls on the new face, whose own detail
    stays; the video face's skin colour is averaged over time per track, so nothing flickers.
 3. Blend: a feathered mask inside both outlines (the new mesh's and the video face's), fading in from
@@ -34,12 +35,10 @@ from facefab.face.colour import (
     averaged_colour,
     colour_of,
     feathered,
-    SKIN_TOLERANCE,
     from_lab,
     inter_ocular,
-    likeness,
     to_lab,
-    transfer_colour,
+    turn_chroma,
 )
 from facefab.face.parsing import LABELS, FaceContours, face_label_mask
 from facefab.face.smoothing import fill_missing
@@ -195,11 +194,9 @@ class WeightFreeSwap:
             return frame
         own = averaged_colour(plan.colours, "skin", own, c.temporal)
         mask = self._blend_mask(local[:, :2], points[:, :2] - (x0, y0), covered, iod) * keep
-        # a shift, not a stretch, of the chroma, and only where the source looks like its skin: lids, brows,
-        # eyes and lips keep the source's own colours (shifted, a dark lid turned purple)
-        moved = transfer_colour(warped_lab, source.skin, own, c.lightness, scale_spread=False)
-        skin_like = likeness(warped_lab, source.skin, SKIN_TOLERANCE)[..., None]
-        moved[..., 1:] = warped_lab[..., 1:] + skin_like * (moved[..., 1:] - warped_lab[..., 1:])
+        # the chroma turned, not shifted, to the video skin's: a shift turned dark lids purple and, on a grey
+        # video, left the eyes and lips coloured
+        moved = turn_chroma(warped_lab, source.skin, own, c.lightness)
         if c.relight > 0:  # the video face's light over the new face: its low-pass lightness replaces the source's
             moved[..., 0] += _masked_blur(lab[..., 0], mask, c.relight * iod) - _masked_blur(moved[..., 0], mask,
                                                                                           c.relight * iod)

@@ -326,6 +326,28 @@ def test_write_synthetic_video_signs_when_configured(source: np.ndarray, certs: 
     assert "watermark  not found" in out_text and "c2pa       Trusted" in out_text
 
 
+def test_a_synthetic_still_is_a_tagged_png_signed_when_configured(source: np.ndarray, certs: dict[str, Path],
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    from facefab.media import read_image, read_metadata
+
+    still = source[0]
+    monkeypatch.delenv(prov.ENV_CERT, raising=False)
+    plain = prov.write_synthetic_image(str(tmp_path / "plain.png"), still, model=MODEL, job_id="j1")
+    assert plain["c2pa"].startswith("skipped: no signing credential") and plain["watermark_payload"] is None
+    assert np.array_equal(read_image(plain["uri"]), still)  # lossless, unmarked
+    assert prov.read_tag(read_metadata(plain["uri"]))["facefab:job_id"] == "j1"
+    with pytest.raises(ValueError, match="only .png"):
+        prov.write_synthetic_image(str(tmp_path / "x.jpg"), still, model=MODEL)
+
+    monkeypatch.setenv(prov.ENV_CERT, str(certs["chain"]))
+    monkeypatch.setenv(prov.ENV_KEY, str(certs["key"]))
+    signed = prov.write_synthetic_image(str(tmp_path / "signed.png"), still, model=MODEL, job_id="j2")
+    assert signed["c2pa"] == "signed"
+    report = prov.verify_file(signed["uri"], trust_anchors_pem=certs["ca"].read_bytes())
+    assert report.c2pa_valid and report.c2pa["facefab"]["job_id"] == "j2" and report.tag["facefab:model"] == MODEL
+    assert np.array_equal(read_image(signed["uri"]), still)
+
+
 # --------------------------------------------------------------------------------------------
 # `facefab verify`
 

@@ -122,3 +122,32 @@ def test_bad_references_fail_their_rows_and_the_run_goes_on(shared_data, tmp_pat
     assert main(args + ["--max-attempts", "1"]) in (0, 3)
     assert {r["id"]: r["status"] for r in read_manifest(out).to_pylist()} == {r["id"]: r["status"]
                                                                                for r in rows.values()}
+
+
+def test_a_still_is_made_up_into_a_tagged_png(shared_data, tmp_path, ray_local):
+    """`--image`: the portrait's lips and skin move to the reference's colours as on a video; the rest of
+    the picture is untouched; the PNG carries the synthetic tag. --image with --video is a usage error."""
+    image = str(shared_data / "portraits" / "hallo_3.jpg")
+    reference = str(shared_data / "portraits" / "lp_s1.jpg")
+    out = tmp_path / "out"
+    assert main(["makeup", "--image", image, "--reference", reference, "--out", str(out), "--no-progress"]) == 0
+    (row,) = read_manifest(str(out)).to_pylist()
+    assert row["status"] == "ok", row["error"]
+    assert row["out_uri"].endswith(".png") and row["frames"] == 1 and row["tracks_done"] == 1
+    source, output = read_image(image), read_image(row["out_uri"])
+    assert output.shape == source.shape
+    assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "weightfree-makeup"
+    regions, contours = FaceRegions(), FaceContours.from_mediapipe()
+    points = largest_face_landmarks(source[None])[0]
+    target = _region_colours(read_image(reference), largest_face_landmarks(read_image(reference)[None])[0], regions)
+    before, after = _region_colours(source, points, regions), _region_colours(output, points, regions)
+    for region in ("lips", "skin"):
+        was, now = (float(np.linalg.norm(c[region] - target[region])) for c in (before, after))
+        print(f"still {region}: Lab distance to the reference {was:.1f} -> {now:.1f}")
+        assert now <= 0.5 * was, (region, was, now)
+    outside = _outside_face(points, source.shape, contours)
+    assert image_psnr(output[outside], source[outside]) >= 40
+
+    with pytest.raises(SystemExit) as usage:
+        main(["makeup", "--image", image, "--video", image, "--reference", reference, "--out", str(out)])
+    assert usage.value.code == 2

@@ -92,3 +92,39 @@ def test_an_unreadable_source_fails_its_row(shared_data, tmp_path, ray_local):
                  "--out", out, "--max-duration", "0.5", "--no-progress"]) == 3
     (row,) = read_manifest(out).to_pylist()
     assert row["status"] == "failed" and "not a readable image" in str(row["error"])
+
+
+def test_a_still_and_the_reenact_mode(shared_data, tmp_path, ray_local):
+    """`--image`: the source's face on a portrait, a tagged PNG of the portrait's size. `--mode reenact`:
+    the source portrait itself moved like the video's face (the video's length, frame rate and sound, the
+    portrait's size, its mouth opening with the video's); with --image it is a usage error."""
+    video = str(shared_data / "videos" / "drive_d10.mp4")
+    source = str(shared_data / "portraits" / "lp_s9.jpg")
+    still = str(shared_data / "portraits" / "hallo_3.jpg")
+    out = tmp_path / "still"
+    assert main(["swap", "--image", still, "--source", source, "--out", str(out), "--no-progress"]) == 0
+    (row,) = read_manifest(str(out)).to_pylist()
+    assert row["status"] == "ok" and row["out_uri"].endswith(".png"), row["error"]
+    image, swapped = read_image(still), read_image(row["out_uri"])
+    assert swapped.shape == image.shape
+    assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "weightfree-swap"
+    target = _ratios(largest_face_landmarks(read_image(source)[None])[0])
+    was = np.linalg.norm(_ratios(largest_face_landmarks(image[None])[0]) - target)
+    now = np.linalg.norm(_ratios(largest_face_landmarks(swapped[None])[0]) - target)
+    assert now < 0.6 * was, (was, now)
+
+    out = tmp_path / "reenact"
+    source = str(shared_data / "portraits" / "lp_s1.jpg")  # a photograph: the mesh reads a painting's mouth poorly
+    assert main(["swap", "--video", video, "--source", source, "--mode", "reenact", "--out", str(out),
+                 "--max-duration", "1.5", "--no-progress"]) == 0
+    (row,) = read_manifest(str(out)).to_pylist()
+    assert row["status"] == "ok", row["error"]
+    info, portrait = probe(row["out_uri"]), read_image(source)
+    assert abs(info.height - portrait.shape[0]) <= 1 and abs(info.width - portrait.shape[1]) <= 1  # yuv420p: even
+    assert info.fps == probe(video).fps and info.num_frames == round(1.5 * info.fps) and info.has_audio
+    driving, moved = read_frames(video, end=1.5), read_frames(row["out_uri"])
+    r = finite_pearson(mouth_open_ratio(largest_face_landmarks(moved)),
+                       mouth_open_ratio(largest_face_landmarks(driving)))
+    print(f"reenact: mouth opening r={r:.3f}")
+    assert r >= 0.8
+    assert main(["swap", "--image", still, "--source", source, "--mode", "reenact", "--out", str(out)]) == 2
