@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from facefab.face.alignment import points_to_crop
+from facefab.face.mesh import NUM_LANDMARKS
 from facefab.manifests.storage import join_uri
 from facefab.media.arrays import pack_arrays, unpack_arrays
 from facefab.models.lipsync.speech import as_speech, speech_features
@@ -37,6 +38,7 @@ from .base import Operator, OperatorError, Resources, RunContext, register_stage
 from .faces import FaceTrack, face_detector
 from .generator import GeneratorOperator
 from .landmarks import FaceLandmarks, face_mesher
+from .dub_source import speaking_face_from_preprocess
 from .video_faces import decoded_or_streamed, detect_and_track, mesh_tracks, probe_video, select_track
 
 MODELS = ("auto", "weightfree", "mytalk")
@@ -77,6 +79,9 @@ class DubConfig(GeneratorOperator.Config):
     max_lag: int = 5  # frames of audio/video lag the sync score searches
     detect_every: int = field(default=3, metadata={"help": "detect faces on every Nth frame; the tracker "
                                                             "interpolates the boxes in between"})
+    from_preprocess: str | None = field(default=None, metadata={
+        "help": "a `facefab preprocess` ROOT: the speaking face of a video it has comes from its face tracks "
+                "instead of being detected and meshed again"})
     # preprocess's own sections: the same fields, flags and meaning as `facefab preprocess`
     faces: FaceTrack.Config = field(default_factory=lambda: FaceTrack.Config(min_track_frames=10))
     landmarks: FaceLandmarks.Config = field(default_factory=FaceLandmarks.Config)
@@ -232,7 +237,7 @@ class DubAnalyze(Operator):
     version = "1"
     inputs = ("video_uri", "audio_uri")
     outputs = ("_dub", "fps", "width", "height", "num_frames", "duration", "source_frames", "face_fraction",
-               "undubbed_speech", "track_count", "speech_ratio", "source_speech_ratio", "stage_seconds")
+               "undubbed_speech", "track_count", "speech_ratio", "source_speech_ratio", "analysis", "stage_seconds")
     stateful = True
     default_resources = Resources(num_cpus=1.0)
     Config = DubConfig
@@ -257,7 +262,7 @@ class DubAnalyze(Operator):
         # the analysed window: whole multiples of the bank, so dubs of one video into several languages
         # (audio of slightly different lengths) share one analysis through the cache
         window = math.ceil(max(wanted / fps, c.bank_seconds) / c.bank_seconds) * c.bank_seconds
-        video = self._video_analysis(row["video_uri"], info, window, timer)
+        video, analysis = self._video_analysis(row["video_uri"], info, window, timer)
         face = {k: video[k] for k in FACE_ARRAYS}
         seen, count, n = video["seen"], int(video["track_count"]), len(video["seen"])
         own = {k: v for k, v in video.items() if k.startswith("own_")}  # the source's speech features, if any
@@ -274,22 +279,36 @@ class DubAnalyze(Operator):
             "track_count": count,
             "speech_ratio": round(float(new["vad"].mean()), 4),
             "source_speech_ratio": round(float(own["own_vad"].mean()), 4) if own else None,
-            "stage_seconds": timer.merged_into(row),
+            "analysis": analysis, "stage_seconds": timer.merged_into(row),
         }
 
-    def _video_analysis(self, uri: str, info, seconds: float, timer: StageTimer) -> dict[str, np.ndarray]:
-        """What the dub needs of the source video's first `seconds` (all of it when shorter): the speaking
+    def _video_analysis(self, uri: str, info, seconds: float, timer: StageTimer
+                        ) -> tuple[dict[str, np.ndarray], str]:
+        """(what the dub needs of the source video's first `seconds` (all of it when shorter): the speaking
         face's arrays (FACE_ARRAYS), `seen`, `track_count`, and the own speech features (own_*) when it has
-        sound. Cached under ROOT/cache/dub_analysis/, keyed by the video's content (size and modification
+        sound; where they came from: "preprocess" | "cache" | "analysed").
+        With `from_preprocess`, the face comes from that ROOT's tracks of the video when it has them.
+        Otherwise cached under ROOT/cache/dub_analysis/, keyed by the video's content (size and modification
         stamp or ETag), the window and the analysis settings: one video dubbed into many languages is
         analysed once."""
         from facefab.manifests.storage import exists, join_uri
-        from facefab.media import local_path, read_audio
+        from facefab.media import local_path
         from facefab.media.arrays import load_npz, save_npz
         from facefab.media.frame_cache import content_identity
 
         c, opts = self.config, self.ctx.storage_options
         whole = seconds >= info.duration
+        if c.from_preprocess:
+            n = info.num_frames if whole else min(info.num_frames, round(seconds * info.fps))
+            with timer("analysis_preprocess"):
+                found = speaking_face_from_preprocess(c.from_preprocess, uri, info.fps, n,
+                                                      (info.width, info.height), c.track, opts)
+            if found is not None:
+                with timer("landmarks"):
+                    face = self._aligned(found.pop("landmarks"), found.pop("valid"), found.pop("bbox"), uri)
+                with local_path(uri, opts) as path:
+                    own = self._own_speech(path, info, n, timer)
+                return {**face, **found, **own}, "preprocess"
         settings = {name: getattr(c, name) for name in ANALYSIS_SETTINGS}
         key = stable_id("dub-analysis", uri, content_identity(uri, opts), "whole" if whole else seconds,
                         json.dumps(settings, sort_keys=True, default=lambda o: o.__dict__))
@@ -297,28 +316,33 @@ class DubAnalyze(Operator):
         if exists(cached, opts):
             with timer("analysis_cache"):
                 try:
-                    return load_npz(cached, opts)
+                    return load_npz(cached, opts), "cache"
                 except (OSError, ValueError):
                     pass  # a damaged entry: analysed again and rewritten below
-        fps = info.fps
         with local_path(uri, opts) as path:
             frames = decoded_or_streamed(path, info, None if whole else seconds, timer)
             with timer("faces"):
-                track, count, seen = self._speaking_track(frames, uri, (info.width, info.height), fps)
+                track, count, seen = self._speaking_track(frames, uri, (info.width, info.height), info.fps)
                 n = len(seen)
             with timer("landmarks"):
                 face = self._face_arrays(frames, n, track)
             del frames
-            own = None
-            if info.has_audio:
-                with timer("audio_features"):
-                    own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / fps)
-                    # the source's own speech fits the per-video regression, which reads no formants
-                    own = speech_features(own_audio, fps, n, self.vad, c.vad_threshold, formants=False)
-        video = {**face, "seen": seen, "track_count": np.int32(count),
-                 **({f"own_{k}": v for k, v in own.items()} if own else {})}
+            own = self._own_speech(path, info, n, timer)
+        video = {**face, "seen": seen, "track_count": np.int32(count), **own}
         save_npz(cached, opts, **video)
-        return video
+        return video, "analysed"
+
+    def _own_speech(self, path: str, info, n: int, timer: StageTimer) -> dict[str, np.ndarray]:
+        """The source's own speech features (own_*) over its first `n` frames; none without sound."""
+        from facefab.media import read_audio
+
+        if not info.has_audio:
+            return {}
+        with timer("audio_features"):
+            own_audio = read_audio(path, sample_rate=FEATURE_RATE, end=n / info.fps)
+            # the source's own speech fits the per-video regression, which reads no formants
+            own = speech_features(own_audio, info.fps, n, self.vad, self.config.vad_threshold, formants=False)
+        return {f"own_{k}": v for k, v in own.items()}
 
     def _speaking_track(self, frames, uri: str, frame_wh: tuple[int, int], fps: float):
         """(track, number of tracks, seen) of the frames (an array or a stream, read once); seen:
@@ -350,26 +374,31 @@ class DubAnalyze(Operator):
     def _face_arrays(self, frames, n: int, track) -> dict[str, np.ndarray]:
         """Per source frame (n of them): box, landmarks (NaN outside the track or where the mesh
         failed), valid, and frame <-> crop affines (edge-extended outside the track)."""
-        from facefab.face.alignment import track_alignment
-        from facefab.face.mesh import NUM_LANDMARKS
-
         c = self.config
         frame_index = track.frame_index
         (meshed,) = mesh_tracks(frames, [track], self.mesher, c.faces.max_gap_frames)
-        marks, found = meshed.landmarks, meshed.found
-        if not found.any():
-            raise OperatorError(f"a face was tracked over {len(frame_index)} frames but the face mesh "
-                                "found no landmarks on it")
-        affine, inverse = track_alignment(marks, found, c.crop_size, c.crop_scale, c.align_smooth_window)
-        edge = np.clip(np.arange(n), frame_index[0], frame_index[-1]) - frame_index[0]
         landmarks = np.full((n, NUM_LANDMARKS, 3), np.nan, np.float32)
-        landmarks[frame_index] = marks
+        landmarks[frame_index] = meshed.landmarks
         valid = np.zeros(n, bool)
-        valid[frame_index] = found
+        valid[frame_index] = meshed.found
         bbox = np.full((n, 4), np.nan, np.float32)
         bbox[frame_index] = track.bbox
-        return {"landmarks": landmarks, "valid": valid, "bbox": bbox, "affine": affine[edge],
-                "inverse": inverse[edge]}
+        return self._aligned(landmarks, valid, bbox, f"a face tracked over {len(frame_index)} frames")
+
+    def _aligned(self, landmarks: np.ndarray, valid: np.ndarray, bbox: np.ndarray, what: str) -> dict[str, np.ndarray]:
+        """The face arrays with their frame <-> crop affines (edge-extended before the first and after the
+        last frame with a mesh)."""
+        from facefab.face.alignment import track_alignment
+
+        c = self.config
+        found = np.flatnonzero(valid)
+        if not len(found):
+            raise OperatorError(f"{what}: the face mesh found no landmarks on the speaking face")
+        edge = np.clip(np.arange(len(valid)), found[0], found[-1])
+        affine, inverse = track_alignment(landmarks[found[0]:found[-1] + 1], valid[found[0]:found[-1] + 1],
+                                          c.crop_size, c.crop_scale, c.align_smooth_window)
+        return {"landmarks": landmarks, "valid": valid, "bbox": bbox, "affine": affine[edge - found[0]],
+                "inverse": inverse[edge - found[0]]}
 
 
 @register_stage
@@ -552,7 +581,6 @@ class DubScore(Operator):
         """Landmarks of the written output's frames within the analysed boxes (one per output
         frame), decoded a chunk at a time so a long dub is never held whole; plus the watermark
         read from its first WATERMARK_FRAMES frames on the way."""
-        from facefab.face.mesh import NUM_LANDMARKS
         from facefab.media import iter_frames
         from facefab.media.provenance import WatermarkReader
 

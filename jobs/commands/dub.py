@@ -10,6 +10,12 @@ ROOT/summary.json the run. Rerunning the same command on the same ROOT resumes.
 Without a checkpoint the weight-free default runs (Video-Rewrite style: mouths from the video's own
 frames, chosen for the new audio); --checkpoint DIR (or $FACEFAB_CHECKPOINT_MYTALK) runs MyTalk.
 Audio longer than the video extends it (--length-mode pingpong|loop|hold|trim); shorter trims it.
+
+The video's analysis (speaking face track, mesh, alignment, its own speech) is done once per video and
+window and cached under ROOT/cache/dub_analysis/, so dubbing one video into several languages (rows with
+the same video_uri) analyses it once. --from-preprocess PREP_ROOT takes the speaking face of videos a
+`facefab preprocess` run has from its face tracks instead (the row's `analysis` column says which:
+preprocess | cache | analysed).
 """
 
 from __future__ import annotations

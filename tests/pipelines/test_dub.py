@@ -487,3 +487,35 @@ def test_one_video_into_several_languages_is_analysed_once(shared_data, tmp_path
     assert len(os.listdir(tmp_path / "shared" / "cache" / "dub_analysis")) == 1
     (fresh,) = run_local(build_operators(config), rows[1:], RunContext(str(tmp_path / "fresh")))
     assert np.array_equal(read_frames(fresh["out_uri"]), read_frames(shared[1]["out_uri"]))
+
+
+def test_a_preprocess_root_stands_in_for_the_video_analysis(talking_root, shared_data, tmp_path):
+    """--from-preprocess ROOT: a video the root has is dubbed from its face tracks (no detection, no mesh;
+    the root's 25 fps tracks resampled to the video's 30 fps) and the dub matches an analysed one; a video
+    it does not have is analysed; a root that is not one fails the row."""
+    from facefab.face.scores import image_psnr
+
+    video = next(r["video_uri"] for r in read_manifest(talking_root).to_pylist() if "drive_d10" in r["video_uri"])
+    audio = str(tmp_path / "new.wav")
+    write_audio(audio, read_audio(str(shared_data / "audio" / "speech_hallo1.wav"), end=2.0), 16000)
+    rows = dub_inputs(video=video, audio=audio)
+    reused_config = DubConfig(score=False, watermark=False, from_preprocess=talking_root)
+    (reused,) = run_local(build_operators(reused_config), rows, RunContext(str(tmp_path / "reused")))
+    assert reused["status"] == "ok", reused["error"]
+    seconds = json.loads(reused["stage_seconds"])
+    assert reused["analysis"] == "preprocess" and "analysis_preprocess" in seconds
+    assert "faces" not in seconds  # the render still decodes the video, the analysis does not
+    (fresh,) = run_local(build_operators(DubConfig(score=False, watermark=False)), rows,
+                         RunContext(str(tmp_path / "fresh")))
+    assert fresh["analysis"] == "analysed" and fresh["face_fraction"] == reused["face_fraction"]
+    a, b = read_frames(reused["out_uri"]), read_frames(fresh["out_uri"])
+    psnr = min(image_psnr(x, y) for x, y in zip(a, b, strict=True))
+    print(f"dub from the preprocess root against an analysed dub: worst frame PSNR {psnr:.1f} dB")
+    assert psnr >= 30
+
+    other = dub_inputs(video=str(shared_data / "videos" / "drive_d6.mp4"), audio=audio)
+    (analysed,) = run_local(build_operators(reused_config), other, RunContext(str(tmp_path / "other")))
+    assert analysed["status"] == "ok" and analysed["analysis"] == "analysed"
+    nowhere = DubConfig(score=False, from_preprocess=str(tmp_path / "nowhere"))
+    (failed,) = run_local(build_operators(nowhere), rows, RunContext(str(tmp_path / "bad")))
+    assert failed["status"] == "failed" and "has no preprocess manifest rows" in str(failed["error"])
