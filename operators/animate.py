@@ -140,7 +140,9 @@ class PortraitGenerator(GeneratorOperator):
         neural = self.config.neural
         name = self.config.model if self.config.model in neural else pipeline_name(folder, systems=neural)
         self.model_label = name
-        return pipeline_class(name).from_pretrained(folder, device=self.config.device, dtype=self.config.dtype)
+        pipeline = pipeline_class(name).from_pretrained(folder, device=self.config.device, dtype=self.config.dtype)
+        # a pipeline whose own call is another task's (Face-Adapter swaps) offers this stage's interface
+        return pipeline.as_driven() if hasattr(pipeline, "as_driven") else pipeline
 
     def portrait_face(self, row: dict[str, Any], timer: StageTimer) -> tuple[np.ndarray, list, np.ndarray]:
         """(the portrait (H, W, 3) uint8 RGB, the faces found on it, the chosen face's (478, 3) mesh)."""

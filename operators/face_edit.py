@@ -76,6 +76,30 @@ def validate(config: FaceEditJobConfig) -> None:
 
 
 @dataclass
+class AlignedFace:
+    """A face's aligned crop: what the neural editors see of a frame or of the reference."""
+
+    crop: np.ndarray  # (S, S, 3) uint8 RGB
+    points: np.ndarray  # (478, 3) the mesh in crop pixels (z scaled like x, y)
+    affine: np.ndarray  # (2, 3) image -> crop
+
+    @classmethod
+    def of(cls, image: np.ndarray, points: np.ndarray, size: int) -> AlignedFace:
+        from facefab.face.alignment import points_to_crop, similarity_from_landmarks, warp_to_crop
+
+        affine = similarity_from_landmarks(points, size)
+        return cls(warp_to_crop(image, affine, size), points_to_crop(points[None], affine[None])[0], affine)
+
+    def pasted(self, frame: np.ndarray, crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """`frame` with the edited `crop` blended in through `mask` ((S, S) float in [0, 1])."""
+        import cv2
+
+        from facefab.face.alignment import paste_back
+
+        return paste_back(frame, crop, cv2.invertAffineTransform(self.affine), mask)
+
+
+@dataclass
 class _FaceEdit:
     """The planned edit of one video's faces: which faces each frame has and each track's plan."""
 
@@ -109,7 +133,7 @@ class FaceVideoEditor(GeneratorOperator):
     outputs = ("out_uri", "model", "checkpoint", "frames", "duration", "fps", "width", "height", "track_count",
                "tracks_done", "face_fraction", "c2pa", "stage_seconds")
     default_resources = Resources(num_cpus=0.5)
-    model_label: ClassVar[str] = "weightfree"  # the provenance tag's model
+    model_label = "weightfree"  # the provenance tag's model; the system's name once a checkpoint is loaded
 
     def setup(self) -> None:
         validate(self.config)
@@ -118,7 +142,35 @@ class FaceVideoEditor(GeneratorOperator):
         self.mesher = face_mesher(self.config.landmarks)
 
     def checkpoint_uri(self) -> str | None:
-        return None  # the weight-free editors are the only models so far
+        return None if self.config.model == "weightfree" else super().checkpoint_uri()
+
+    def load_default(self):
+        if self.config.model == self.model_name:
+            return super().load_default()  # the neural model asked for by name, and no checkpoint: an error
+        return self.weightfree()
+
+    def load(self, checkpoint: str):
+        from facefab.models.weights import resolve_checkpoint
+
+        from .animate import pipeline_class
+
+        folder = resolve_checkpoint(checkpoint, self.ctx.storage_options, self.config.cache_dir)
+        self.model_label = self.model_name
+        pipeline = pipeline_class(self.model_name).from_pretrained(folder, device=self.config.device,
+                                                                   dtype=self.config.dtype)
+        return self.neural(pipeline)
+
+    def weightfree(self) -> Any:
+        """The weight-free model (what "auto" runs without a checkpoint)."""
+        raise NotImplementedError
+
+    def neural(self, pipeline: Any) -> Any:
+        """The loaded neural pipeline behind the interface `prepare` / `plan_track` / `edit` call."""
+        raise NotImplementedError
+
+    @property
+    def weight_free(self) -> bool:
+        return self.model_label != self.model_name
 
     def prepare(self, image: np.ndarray, points: np.ndarray) -> Any:
         """What the model keeps of the reference face; ValueError: the reference cannot be used."""
@@ -160,7 +212,7 @@ class FaceVideoEditor(GeneratorOperator):
             audio = muxable_audio(path, info, edit.frames / info.fps, AUDIO_RATE, None)
             with timer("render_encode"):
                 written = self._write(uri, edit.edited(frames), info.fps, audio, row)
-        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": edit.frames,
+        return {"out_uri": uri, **self._model_columns(), "frames": edit.frames,
                 "duration": round(edit.frames / info.fps, 3), "fps": info.fps, "width": info.width,
                 "height": info.height, "track_count": edit.track_count, "tracks_done": edit.tracks_done,
                 "face_fraction": edit.face_fraction, "c2pa": written.get("c2pa"),
@@ -187,10 +239,15 @@ class FaceVideoEditor(GeneratorOperator):
             written = write_synthetic_image(uri, next(iter(edit.edited(image[None]))), model=self.model_label,
                                             job_id=row.get("job_id") or row["id"],
                                             storage_options=self.ctx.storage_options, watermark=c.watermark)
-        return {"out_uri": uri, "model": "weightfree", "checkpoint": None, "frames": 1, "duration": None,
+        return {"out_uri": uri, **self._model_columns(), "frames": 1, "duration": None,
                 "fps": None, "width": width, "height": height, "track_count": edit.track_count,
                 "tracks_done": edit.tracks_done, "face_fraction": edit.face_fraction,
                 "c2pa": written.get("c2pa"), "stage_seconds": timer.merged_into(row)}
+
+    def _model_columns(self) -> dict[str, Any]:
+        if self.weight_free:
+            return {"model": "weightfree", "checkpoint": None}
+        return {"model": self.model_name, "checkpoint": self.checkpoint_uri()}
 
     def _edit_faces(self, frames, size: tuple[int, int], fps: float, uri: str, reference: Any,
                     faces: FaceTrack.Config, timer: StageTimer) -> _FaceEdit:

@@ -45,7 +45,7 @@ from .dub import StageTimer, output_uri
 from .trajectory_source import read_trajectories
 from .video_faces import muxable_audio, probe_video
 
-DRIVEN = ("face-vid2vid", "follow-your-emoji", "megactor", "mofa-video")
+DRIVEN = ("face-vid2vid", "follow-your-emoji", "megactor", "mofa-video", "face-adapter")
 AUDIO_RATE = 48000  # the driving video's sound is resampled to this for the mux
 DEFAULT_FPS = 25.0  # of trajectories that do not come with a clip's frame rate
 

@@ -14,7 +14,7 @@ from .systems import PIPELINES, SYSTEMS, TrainingSystem
 def load_systems() -> Registry[type[TrainingSystem]]:
     """SYSTEMS with every system of facefab registered."""
     from . import (  # noqa: F401 -- registered on import
-        facevid2vid, follow_your_emoji, gaia, hallo, megactor, mofa_video, mytalk, v_express)
+        beautyrec, face_adapter, facevid2vid, follow_your_emoji, gaia, hallo, megactor, mofa_video, mytalk, v_express)
 
     return SYSTEMS
 

@@ -38,8 +38,10 @@ def test_convert_and_animate_usage_errors_exit_2_before_any_work(tmp_path, capsy
     from facefab.jobs.cli import main
 
     monkeypatch.delenv("FACEFAB_CHECKPOINT_V_EXPRESS", raising=False)
-    assert main(["convert", "beautyrec", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert main(["convert", "face-adapter", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "has no converter" in capsys.readouterr().err
+    assert main(["convert", "beautyrec", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "no BeautyREC.pt under" in capsys.readouterr().err
     assert main(["convert", "v-express", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
     portrait = str(tmp_path / "p.jpg")

@@ -265,20 +265,28 @@ def test_every_generator_writes_the_synthetic_tag_and_the_watermark(name, short_
     from facefab.media.provenance import detect_watermark, read_tag
     from facefab.models import registry
     from facefab.operators.base import RunContext
-    from facefab.pipelines import animate, dub
+    from facefab.pipelines import animate, dub, makeup, swap
     from facefab.pipelines.engine import run_local
+    from facefab.pipelines.face_edit import face_edit_inputs
 
     monkeypatch.delenv(registry.env_var(name) if name != "weightfree" else "FACEFAB_CHECKPOINT_MYTALK", raising=False)
     checkpoint, task = None, "dub"
     if name != "weightfree":
         spec = registry.get(name)
         task = spec.task
-        assert task in ("dub", "animate"), f"add {spec.task}'s pipeline to this test"
+        assert task in ("dub", "animate", "makeup", "swap"), f"add {spec.task}'s pipeline to this test"
         checkpoint = export_untrained(spec.trainable[0], str(tmp_path / "ckpt"))
     if task == "dub":
         config = dub.DubConfig(model=name, checkpoint=checkpoint, score=False, device="cpu")
         video, audio = short_pair
         ops, inputs = dub.build_operators(config), dub.dub_inputs(video=video, audio=audio)
+    elif task in ("makeup", "swap"):
+        video, _ = short_pair
+        config = (makeup.MakeupJobConfig(model=name, checkpoint=checkpoint, device="cpu", max_duration=1.0)
+                  if task == "makeup" else
+                  swap.SwapJobConfig(model=name, checkpoint=checkpoint, device="cpu", max_duration=1.0, steps=2))
+        ops = (makeup if task == "makeup" else swap).build_operators(config)
+        inputs = face_edit_inputs(task, None, video, str(shared_data / "portraits" / "lp_s1.jpg"))
     else:
         # pasted back into the portrait: an untrained model's crop is saturated noise, in which no
         # watermark survives; the marks are the writer's, whatever the pixels
@@ -308,7 +316,8 @@ def test_registry_and_models_command(monkeypatch, capsys):
 
     assert len(registry.GENERATORS) == 10
     assert {s.task for s in registry.GENERATORS.values()} == set(registry.TASKS)
-    assert registry.get("mytalk").status == "implemented" and registry.get("beautyrec").status == "planned"
+    assert all(spec.status == "implemented" for spec in registry.GENERATORS.values())  # all ten are built
+    assert registry.load_operator("beautyrec").__name__ == "ApplyMakeup"
     assert registry.load_operator("mytalk").__name__ == "LipSync"
     monkeypatch.delenv("FACEFAB_CHECKPOINT_MYTALK", raising=False)
     assert not registry.checkpoint_configured("mytalk")
