@@ -1,9 +1,11 @@
 """Preprocess throughput: the Ray DAG vs a plain sequential loop vs decode alone, and peak memory.
 
 Prints, from one run on this machine:
-  - frames/s of decode alone (every input at 25 fps, full resolution),
-  - frames/s of a sequential single-process loop running the same operators (run_local),
-  - frames/s of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio,
+  - frames/s and CPU ms per frame of decode alone (every input at 25 fps, full resolution),
+  - the same of a sequential single-process loop running the same operators (run_local),
+  - the same of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio,
+  - a per-stage table: each stage's ms per frame in the loop (its own time, from the rows' op_seconds),
+    their sum, the frames/s the machine's cores allow at that sum, and the DAG's share of that bound,
   - peak memory (driver + all Ray workers, sampled) for the input list once and repeated 10x.
 
 Usage: python benchmarks/preprocess_throughput.py [--inputs VIDEO...] [--repeat 1] [--memory-repeat 10]
@@ -14,6 +16,7 @@ the bundled samples once and --memory-repeat times.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -86,13 +89,32 @@ def frames_of(videos: list[Path], repeat: int, fps: float = 25.0) -> int:
     return repeat * sum(int(round(probe(str(v)).duration * fps)) for v in videos)
 
 
-def time_decode(videos: list[Path], repeat: int) -> float:
-    start = time.perf_counter()
+def time_decode(videos: list[Path], repeat: int) -> tuple[float, float]:
+    """(wall seconds, busy CPU seconds) of decoding every input at 25 fps."""
+    start, cpu_start = time.perf_counter(), busy_seconds()
     for _ in range(repeat):
         for v in videos:
             for _chunk in iter_frames(str(v), fps=25.0):
                 pass
-    return time.perf_counter() - start
+    return time.perf_counter() - start, busy_seconds() - cpu_start
+
+
+def stage_table(rows: list[dict], frames: int, dag_fps: float) -> str:
+    """Each stage's ms per frame in the loop (op_seconds summed over rows), their sum, the frames/s the
+    machine's cores allow at that sum, and the DAG's share of it."""
+    from collections import Counter
+
+    spent: Counter = Counter()
+    for row in rows:
+        seconds = row.get("op_seconds") or {}
+        spent.update(json.loads(seconds) if isinstance(seconds, str) else dict(seconds))
+    lines = [f"  {'stage':<12} {'ms/frame':>9}"]
+    lines += [f"  {stage:<12} {1000 * sec / frames:9.1f}" for stage, sec in spent.most_common()]
+    total = 1000 * sum(spent.values()) / frames
+    bound = (os.cpu_count() or 1) * 1000 / total
+    lines.append(f"  {'sum':<12} {total:9.1f}   -> {os.cpu_count()} cores allow {bound:.1f} frames/s; "
+                 f"the DAG's {dag_fps:.1f} frames/s is {dag_fps / bound:.0%} of that")
+    return "\n".join(lines)
 
 
 def busy_seconds() -> float:
@@ -101,8 +123,9 @@ def busy_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0)
 
 
-def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int | None = None) -> tuple[float, float]:
-    """(wall seconds, busy CPU seconds) of the plain loop; the CPU includes the libraries' own
+def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int | None = None
+                    ) -> tuple[float, float, list[dict]]:
+    """(wall seconds, busy CPU seconds, rows) of the plain loop; the CPU includes the libraries' own
     threads. threads=1 caps OpenCV/torch/codec pools the way the DAG's workers are capped."""
     if threads:
         limit_threads(threads)
@@ -114,7 +137,7 @@ def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int 
     bad = [r for r in rows if r["status"] == "failed"]
     if bad:
         raise SystemExit(f"sequential loop failed rows: {[r['error'] for r in bad]}")
-    return elapsed, cpu
+    return elapsed, cpu, rows
 
 
 def time_dag(videos: list[Path], repeat: int, out: str, fuse: bool = True) -> tuple[float, int, float]:
@@ -142,18 +165,19 @@ def main() -> None:
     print(f"inputs: {[v.name for v in videos]} x{args.repeat} = {n} frames at 25 fps; {os.cpu_count()} CPUs")
     init_ray(progress=False)
     with tempfile.TemporaryDirectory() as work:
-        decode = time_decode(videos, args.repeat)
-        print(f"decode alone:      {n / decode:7.1f} frames/s")
-        seq, seq_cpu = time_sequential(videos, args.repeat, work)
-        print(f"sequential loop:   {n / seq:7.1f} frames/s   (library default threads; "
-              f"{seq_cpu / seq:.2f} cores busy on average)")
-        seq1, seq1_cpu = time_sequential(videos, args.repeat, work, threads=1)
+        decode, decode_cpu = time_decode(videos, args.repeat)
+        print(f"decode alone:      {n / decode:7.1f} frames/s   {1000 * decode_cpu / n:6.1f} CPU ms/frame")
+        seq, seq_cpu, seq_rows = time_sequential(videos, args.repeat, work)
+        print(f"sequential loop:   {n / seq:7.1f} frames/s   {1000 * seq_cpu / n:6.1f} CPU ms/frame   (library "
+              f"default threads; {seq_cpu / seq:.2f} cores busy on average)")
+        seq1, seq1_cpu, _ = time_sequential(videos, args.repeat, work, threads=1)
         print(f"sequential, 1 thread: {n / seq1:4.1f} frames/s   (OpenCV/torch/codecs capped at one thread, like "
               f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: decord decodes in a thread of its own)")
         # warm the Ray workers' imports once so both DAG timings measure steady state
         time_dag(videos[:1], 1, os.path.join(work, "warm"))
         dag, _, dag_cpu = time_dag(videos, args.repeat, os.path.join(work, "dag"))
-        print(f"Ray DAG:           {n / dag:7.1f} frames/s   DAG/sequential = {seq / dag:.2f}x, "
+        print(f"Ray DAG:           {n / dag:7.1f} frames/s   {1000 * dag_cpu / n:6.1f} CPU ms/frame   "
+              f"DAG/sequential = {seq / dag:.2f}x, "
               f"DAG/sequential 1 thread = {seq1 / dag:.2f}x ({dag_cpu / dag:.2f} cores busy; per-track stages "
               "fused, one chain per worker: the default)")
         # Doing the same CPU work, no scheduler can beat (cores) / (cores the loop already keeps busy).
@@ -161,6 +185,8 @@ def main() -> None:
         print(f"  bound for the same work on {os.cpu_count()} cores: {bound:.2f}x over the default loop "
               f"(it already keeps {seq_cpu / seq:.2f} cores busy); the DAG reaches {seq / dag / bound:.0%} of it, "
               f"doing {dag_cpu / seq_cpu:.2f}x the loop's CPU seconds")
+        print("per stage, measured in the sequential loop:")
+        print(stage_table(seq_rows, n, n / dag))
         staged, _, staged_cpu = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
         print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
               f"({staged_cpu / staged:.2f} cores busy; one actor pool per stage, for comparison)")
