@@ -53,7 +53,7 @@ class SwapJobConfig(FaceEditJobConfig):
         from .reenact import ReenactJobConfig
 
         return ReenactJobConfig(
-            model="weightfree" if self.model == "auto" and not self.checkpoint else self.model,
+            model=self.model,
             checkpoint=self.checkpoint, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
             paste_back=True, relative=True, face_index=self.face_index, max_duration=self.max_duration, crf=self.crf,
             watermark=self.watermark, landmarks=self.landmarks, steps=self.steps, seed=self.seed)

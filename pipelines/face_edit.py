@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from facefab.operators.base import Operator, RunContext
+from facefab.operators.base import Operator, Resources, RunContext
 
 from .engine import PipelineRun, RunSummary, run_pipeline
 
@@ -23,6 +23,21 @@ def face_edit_inputs(kind: str, manifest: str | None, video: str | None, referen
                        flag_names={"video_uri": target_flag, "reference_uri": reference_flag})
 
 
+def editor_operators(stage: type, config: Any) -> list[Operator]:
+    """The journey's one stage: its neural system (config.model names it, or "auto" with weights
+    configured) on actors that take a GPU when the run uses GPUs; the weight-free model on half a CPU.
+    A neural model asked for by name without weights is a usage error."""
+    from facefab.models.registry import checkpoint_for, env_var
+
+    name = stage.model_name
+    weights = config.checkpoint or checkpoint_for(name)
+    if config.model == name and not weights:
+        raise ValueError(f"--model {name} needs weights: --checkpoint DIR or ${env_var(name)} (none ship; make "
+                         f"them with `facefab train {name}`)")
+    neural = config.model == name or (config.model == "auto" and bool(weights))
+    return [stage(config, resources=Resources(num_cpus=0.5, num_gpus=1.0) if neural else None)]
+
+
 def run_face_edit(kind: str, ops: list[Operator], inputs: list[dict[str, Any]], config: Any, ctx: RunContext,
                   **run_options: Any) -> RunSummary:
     """Run the journey's stage over `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit,
@@ -32,4 +47,4 @@ def run_face_edit(kind: str, ops: list[Operator], inputs: list[dict[str, Any]], 
     return run_pipeline(run, ops, inputs)
 
 
-__all__ = ["face_edit_inputs", "run_face_edit"]
+__all__ = ["editor_operators", "face_edit_inputs", "run_face_edit"]

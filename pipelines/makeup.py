@@ -14,12 +14,12 @@ from facefab.operators.base import Operator, RunContext
 from facefab.operators.makeup import ApplyMakeup, MakeupJobConfig, validate
 
 from .engine import RunSummary
-from .face_edit import run_face_edit
+from .face_edit import editor_operators, run_face_edit
 
 
 def build_operators(config: MakeupJobConfig) -> list[Operator]:
     validate(config)
-    return [ApplyMakeup(config)]
+    return editor_operators(ApplyMakeup, config)
 
 
 def run_makeup(inputs: list[dict[str, Any]], config: MakeupJobConfig, ctx: RunContext,

@@ -12,18 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from facefab.operators.base import Operator, RunContext
-from facefab.operators.reenact import ReenactPortrait
 from facefab.operators.swap import SwapFace, SwapJobConfig, validate_swap
 
+from . import animate
 from .engine import RunSummary
-from .face_edit import run_face_edit
+from .face_edit import editor_operators, run_face_edit
 
 
 def build_operators(config: SwapJobConfig) -> list[Operator]:
     validate_swap(config)
     if config.mode == "reenact":
-        return [ReenactPortrait(config.reenact_config())]
-    return [SwapFace(config)]
+        return animate.build_operators(config.reenact_config())
+    return editor_operators(SwapFace, config)
 
 
 def run_swap(inputs: list[dict[str, Any]], config: SwapJobConfig, ctx: RunContext, **run_options: Any) -> RunSummary:

@@ -151,3 +151,27 @@ def test_a_still_is_made_up_into_a_tagged_png(shared_data, tmp_path, ray_local):
     with pytest.raises(SystemExit) as usage:
         main(["makeup", "--image", image, "--video", image, "--reference", reference, "--out", str(out)])
     assert usage.value.code == 2
+
+
+def test_neural_editors_take_a_gpu_and_need_weights(monkeypatch):
+    """The neural systems' actors ask for a GPU (granted when the run uses GPUs); the weight-free ones
+    do not; a neural model named without weights is a usage error before any work."""
+    from facefab.operators.makeup import MakeupJobConfig
+    from facefab.operators.reenact import ReenactPortrait
+    from facefab.operators.swap import SwapJobConfig
+    from facefab.pipelines import makeup, swap
+
+    for name in ("BEAUTYREC", "FACE_ADAPTER"):
+        monkeypatch.delenv(f"FACEFAB_CHECKPOINT_{name}", raising=False)
+    (op,) = makeup.build_operators(MakeupJobConfig())
+    assert op.resources.num_gpus == 0
+    (op,) = makeup.build_operators(MakeupJobConfig(model="beautyrec", checkpoint="/weights/beautyrec"))
+    assert op.resources.num_gpus == 1.0
+    (op,) = swap.build_operators(SwapJobConfig(checkpoint="/weights/face-adapter"))  # auto, with weights
+    assert op.resources.num_gpus == 1.0
+    (op,) = swap.build_operators(SwapJobConfig(mode="reenact", model="face-adapter", checkpoint="/w"))
+    assert isinstance(op, ReenactPortrait) and op.resources.num_gpus == 1.0
+    with pytest.raises(ValueError, match="needs weights"):
+        makeup.build_operators(MakeupJobConfig(model="beautyrec"))
+    with pytest.raises(ValueError, match="needs weights"):
+        swap.build_operators(SwapJobConfig(model="face-adapter"))
