@@ -9,8 +9,9 @@ target's landmark image and a background, as swap or reenactment, one drawn per 
 - reenact: the adapting area is the union of both faces' hulls, the background outside it the source; the
   attribute tokens the source's (the official reenactment inference).
 
-Loss: MSE to the noise (epsilon; SD1.5's scheduler) with a noise offset, plus `area_weight` x the binary
-cross-entropy of the Adapting Area Predictor (source + landmark image) against the reenactment's area.
+Loss: MSE to the scheduler's target (epsilon with SD1.5's; v with the tiny config's) with a noise offset,
+plus `area_weight` x the binary cross-entropy of the Adapting Area Predictor (source + landmark image)
+against the reenactment's area.
 With probability `uncond_ratio` a batch reads zero identity and attribute tokens (the unconditional branch
 of classifier-free guidance).
 

@@ -25,7 +25,11 @@ One config is a plain dict, stored as the pipeline folder's `pipeline.json` next
 - `landmarks`: `radius` of the rendered landmark dots, as a fraction of the size (the official 2 px at 256).
 - `latent`: {"type": "vae"} (SD's VAE in `vae/`) or {"type": "pixel", "factor": F}.
 - `scheduler`: SD1.5's (scaled-linear betas, epsilon prediction) as DDIM; `sampling`: steps and guidance
-  (the official 25 steps, guidance 5.0).
+  (the official 25 steps, guidance 5.0). The tiny config (a UNet trained from scratch, in pixel space) uses
+  `TINY_SCHEDULER` instead: the same betas with v-prediction, zero terminal SNR and trailing timesteps. With
+  epsilon prediction the clean image is recovered as (x_t - sqrt(1 - a) eps) / sqrt(a), which multiplies a
+  small net's noise error by up to 1 / sqrt(a) ~ 15 at the first sampling steps: DDIM then commits to
+  amplified noise (saturated colour blobs in the face area) that the low-noise steps keep as content.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from ..follow_your_emoji.config import latent_factor
 from ..megactor.config import SCHEDULER  # SD1.5's scheduler (scaled-linear betas, epsilon) as DDIM
 from ..shared.motion_unet import unet2d_config
 
+# SD1.5's betas with v-prediction, zero terminal SNR and trailing timesteps: for a denoiser trained from scratch
+# (the tiny config), where epsilon prediction's low-SNR error amplification ruins the samples (see above)
+TINY_SCHEDULER = {**SCHEDULER, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+                  "timestep_spacing": "trailing"}
 BACKBONES = ("conv", "arcface")
 ATTRIBUTE_ENCODERS = ("conv", "clip")
 MODES = ("swap", "reenact")
@@ -68,7 +76,7 @@ _TINY: dict = {
     "area": {"channels": [8, 16, 32], "dilate": 0.06, "feather": 0.03},
     "landmarks": {"radius": 2 / 256},
     "latent": {"type": "pixel", "factor": 4},
-    "scheduler": SCHEDULER,
+    "scheduler": TINY_SCHEDULER,
     "sampling": {"steps": 6, "guidance_scale": 2.0},
 }
 
@@ -107,5 +115,5 @@ def check(config: dict) -> dict:
     return config
 
 
-__all__ = ["ATTRIBUTE_ENCODERS", "BACKBONES", "MODES", "SCHEDULER", "check", "latent_factor", "paper", "tiny",
-           "width"]
+__all__ = ["ATTRIBUTE_ENCODERS", "BACKBONES", "MODES", "SCHEDULER", "TINY_SCHEDULER", "check", "latent_factor",
+           "paper", "tiny", "width"]

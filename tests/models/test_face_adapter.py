@@ -69,6 +69,10 @@ def test_token_mappers_have_the_official_names_and_shapes():
 def test_configs_check():
     assert check(paper())["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
     assert check(tiny())["size"] == SIZE
+    # the frozen SD1.5 UNet keeps its epsilon schedule; the from-scratch tiny UNet learns v (epsilon's low-SNR
+    # error amplification turns a small net's samples into saturated noise)
+    assert paper()["scheduler"]["prediction_type"] == "epsilon"
+    assert tiny()["scheduler"]["prediction_type"] == "v_prediction" and tiny()["scheduler"]["rescale_betas_zero_snr"]
     with pytest.raises(ValueError, match="downsamples"):
         check(tiny(controlnet={"conditioning_embedding_out_channels": [8, 16]}))
     with pytest.raises(ValueError, match="arcface_path"):
