@@ -72,9 +72,6 @@ class FaceAdapterSystem(ReferenceDiffusionSystem):
     groups = GROUPS
     init_keys = ("unet", "controlnet", "identity", "attribute", "area", "latent")
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_clip": None}
-
     def default_config(self) -> dict[str, Any]:
         return paper()
 
@@ -124,7 +121,8 @@ class FaceAdapterSystem(ReferenceDiffusionSystem):
                             "target": np.ascontiguousarray(clip["crops"][target]),
                             "landmarks": landmark_image(mesh, size, radius),
                             "swap_area": face_hull(mesh, size, dilate).astype(np.uint8),
-                            "reenact_area": adapting_area(source_mesh, mesh, size=size, dilate=dilate).astype(np.uint8)})
+                            "reenact_area": adapting_area(source_mesh, mesh, size=size,
+                                                          dilate=dilate).astype(np.uint8)})
         return samples
 
     # -- the loss ------------------------------------------------------------------------------------
@@ -164,7 +162,7 @@ class FaceAdapterSystem(ReferenceDiffusionSystem):
             self.codec_on(torch.device("cpu")).vae.save_pretrained(os.path.join(out_dir, VAE_FOLDER),
                                                                    safe_serialization=True)
         if self.config["attribute"]["encoder"] == "clip":
-            self._clip_on(torch.device("cpu")).save_pretrained(os.path.join(out_dir, IMAGE_ENCODER_FOLDER),
+            self.clip_on(torch.device("cpu")).save_pretrained(os.path.join(out_dir, IMAGE_ENCODER_FOLDER),
                                                                safe_serialization=True)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -186,27 +184,12 @@ class FaceAdapterSystem(ReferenceDiffusionSystem):
             raise ValueError(f"the UNet of {self.options['unet']} differs from the config in {differ}")
         return unet.train()
 
-    def _clip_on(self, device: torch.device):
-        if getattr(self, "_clip", None) is None:
-            from transformers import CLIPVisionModelWithProjection
-
-            from facefab.models.weights import resolve_checkpoint
-
-            path = resolve_checkpoint(self.options["image_encoder"])
-            self._clip = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True).eval()
-            self._clip.requires_grad_(False)
-        return self._clip.to(device)
-
     def _clip_hidden(self, images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         """CLIP's (B, L, hidden) last_hidden_state of (B, 3, S, S) images in [-1, 1], or None (the conv encoder)."""
         if self.config["attribute"]["encoder"] != "clip":
             return None
-        from facefab.models.follow_your_emoji.pipeline import CLIP_MEAN, CLIP_STD
-
-        x = F.interpolate((images + 1) / 2, size=(224, 224), mode="bicubic", align_corners=False)
-        mean, std = (torch.from_numpy(v).to(device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
         with torch.no_grad():
-            return self._clip_on(device)((x - mean) / std).last_hidden_state
+            return self.clip_on(device)(self.clip_input((images + 1) / 2)).last_hidden_state
 
 
 __all__ = ["DEFAULT_OPTIONS", "GROUPS", "STAGES", "FaceAdapterSystem"]

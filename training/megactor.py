@@ -114,9 +114,6 @@ class MegActorSystem(ReferenceDiffusionSystem):
     groups = GROUPS
     init_keys = ("unet", "motion_preset", "condition_input_layer", "image_encoder", "latent")
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_clip": None}
-
     def default_config(self) -> dict[str, Any]:
         return paper()
 
@@ -169,33 +166,18 @@ class MegActorSystem(ReferenceDiffusionSystem):
             self.codec_on(torch.device("cpu")).vae.save_pretrained(os.path.join(out_dir, VAE_FOLDER),
                                                                    safe_serialization=True)
         if self.config["image_encoder"]["type"] == "clip":
-            self._clip_on(torch.device("cpu")).save_pretrained(os.path.join(out_dir, IMAGE_ENCODER_FOLDER),
+            self.clip_on(torch.device("cpu")).save_pretrained(os.path.join(out_dir, IMAGE_ENCODER_FOLDER),
                                                                safe_serialization=True)
 
     # -- helpers ----------------------------------------------------------------------------------
-
-    def _clip_on(self, device: torch.device):
-        if getattr(self, "_clip", None) is None:
-            from transformers import CLIPVisionModelWithProjection
-
-            from facefab.models.weights import resolve_checkpoint
-
-            path = resolve_checkpoint(self.options["image_encoder"])
-            self._clip = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True).eval()
-            self._clip.requires_grad_(False)
-        return self._clip.to(device)
 
     def _clip_context(self, background: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         """(B, L, D) CLIP tokens of the (B, 3, S, S) [0, 1] backgrounds, or None (the background encoder's)."""
         if self.config["image_encoder"]["type"] != "clip":
             return None
-        from facefab.models.follow_your_emoji.pipeline import CLIP_MEAN, CLIP_STD
-
-        clip = self._clip_on(device)
-        x = torch.nn.functional.interpolate(background, size=(224, 224), mode="bicubic", align_corners=False)
-        mean, std = (torch.from_numpy(v).to(device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+        clip = self.clip_on(device)
         with torch.no_grad():
-            hidden = clip((x - mean) / std).last_hidden_state
+            hidden = clip(self.clip_input(background)).last_hidden_state
             return clip.visual_projection(clip.vision_model.post_layernorm(hidden))
 
     def _draw(self, clip: dict[str, np.ndarray], rng: np.random.Generator, count: int) -> list[dict[str, np.ndarray]]:

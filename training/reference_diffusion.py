@@ -62,7 +62,7 @@ class ReferenceDiffusionSystem(TrainingSystemBase):
         self._codec = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_codec": None}
+        return {**self.__dict__, "_codec": None, "_clip": None}
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -121,6 +121,29 @@ class ReferenceDiffusionSystem(TrainingSystemBase):
         picks = [self.groups[g] for g in groups]
         return {name for name, _ in net.named_parameters()
                 if any(pick(*name.split(".", 1), net) for pick in picks)}
+
+    def clip_on(self, device: torch.device):
+        """The frozen CLIP image encoder of the option `image_encoder` (a local or s3 folder), loaded once
+        per process."""
+        if getattr(self, "_clip", None) is None:
+            from transformers import CLIPVisionModelWithProjection
+
+            from facefab.models.weights import resolve_checkpoint
+
+            path = resolve_checkpoint(self.options["image_encoder"])
+            self._clip = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True).eval()
+            self._clip.requires_grad_(False)
+        return self._clip.to(device)
+
+    @staticmethod
+    def clip_input(images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] as CLIP's image encoder takes them: 224 px, normalised."""
+        from facefab.models.follow_your_emoji.pipeline import CLIP_MEAN, CLIP_STD
+
+        x = torch.nn.functional.interpolate(images, size=(224, 224), mode="bicubic", align_corners=False)
+        mean, std = (torch.from_numpy(v).to(images.device, images.dtype).view(1, 3, 1, 1)
+                     for v in (CLIP_MEAN, CLIP_STD))
+        return (x - mean) / std
 
     def codec_on(self, device: torch.device) -> PixelCodec | VaeCodec:
         """The latent codec of the config (SD's VAE read from the option `vae` once per process)."""
