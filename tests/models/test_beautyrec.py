@@ -84,7 +84,9 @@ def test_pipeline_folder_round_trip_and_call(net, tmp_path):
     labels, reference_labels = np.stack([face_labels(96)] * 3), face_labels(80)
     out = loaded(crops, reference, labels, reference_labels, batch_size=2)
     assert out.shape == (3, 96, 96, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, pipe(crops, reference, labels, reference_labels, batch_size=3))
+    # another batch size may take other float kernels: a rounding step at most
+    other = pipe(crops, reference, labels, reference_labels, batch_size=3)
+    assert np.abs(out.astype(np.int16) - other).max() <= 1
     with pytest.raises(ValueError):
         pipe(crops, reference, labels[:, :90], reference_labels)
 
