@@ -7,10 +7,13 @@ video at its own size, fps and length with its sound, every face track (--track 
 chosen one (largest | central | N) wearing the reference's lip colour, skin tone, eye shadow and brow
 colour (--makeup.regions lips,skin,eyes,brows), --makeup.strength 0..1 blending it; tagged synthetic and
 watermarked. --image (or a manifest row whose video_uri is an image) makes up a still: ROOT/outputs/<name>.png,
-tagged (PNG text chunks) and signed when a C2PA credential is configured. A reference with no face or several faces (without --face-index), or an unreadable file,
-fails its row with the reason. Rerunning the same command on the same ROOT resumes.
+tagged (PNG text chunks) and signed when a C2PA credential is configured. A reference with no face or several
+faces (without --face-index), or an unreadable file, fails its row with the reason. Rerunning the same command
+on the same ROOT resumes.
 
-The weight-free region colour transfer runs (models/makeup/weightfree.py); BeautyREC is not built yet.
+Without a checkpoint the weight-free region colour transfer runs (models/makeup/weightfree.py); --model
+beautyrec --checkpoint DIR (or $FACEFAB_CHECKPOINT_BEAUTYREC with --model auto) runs BeautyREC on the aligned
+face crops (make weights with `facefab train beautyrec` or `facefab convert beautyrec BeautyREC.pt DIR`).
 """
 
 from __future__ import annotations

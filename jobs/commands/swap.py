@@ -14,7 +14,9 @@ on the same ROOT resumes.
 
 The weight-free mesh swap runs (models/swap/weightfree.py): the source's face shape with the video face's
 pose and expression, its texture warped per mesh triangle, relit and colour-matched, blended inside the
-face's outline (--swap.* settings). Face-Adapter is not built yet.
+face's outline (--swap.* settings). --model face-adapter --checkpoint DIR (or $FACEFAB_CHECKPOINT_FACE_ADAPTER
+with --model auto) runs Face-Adapter on the aligned face crops, in both modes (weights from `facefab train
+face-adapter`).
 """
 
 from __future__ import annotations
