@@ -3,7 +3,7 @@ run; each journey's DAG is its one stage (`facefab.operators.makeup`, `facefab.o
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from facefab.operators.base import Operator, Resources, RunContext
@@ -35,6 +35,7 @@ def editor_operators(stage: type, config: Any) -> list[Operator]:
         raise ValueError(f"--model {name} needs weights: --checkpoint DIR or ${env_var(name)} (none ship; make "
                          f"them with `facefab train {name}`)")
     neural = config.model == name or (config.model == "auto" and bool(weights))
+    config = replace(config, model=name if neural else "weightfree")  # "auto" resolved, as the rows record it
     return [stage(config, resources=Resources(num_cpus=0.5, num_gpus=1.0) if neural else None)]
 
 
@@ -42,7 +43,7 @@ def run_face_edit(kind: str, ops: list[Operator], inputs: list[dict[str, Any]], 
                   **run_options: Any) -> RunSummary:
     """Run the journey's stage over `inputs`; `run_options` are PipelineRun's (resume, max_attempts, limit,
     progress, max_failed_fraction, commit_seconds)."""
-    inputs = [{**row, "model": "weightfree"} for row in inputs]
+    inputs = [{**row, "model": ops[0].config.model} for row in inputs]  # the stage's resolved model
     run = PipelineRun(kind, kind, ctx, config=asdict(config), **run_options)
     return run_pipeline(run, ops, inputs)
 
