@@ -11,8 +11,6 @@ Pipeline folder (what `facefab train beautyrec` exports, `facefab convert beauty
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
@@ -20,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..shared.latents import to_uint8, to_unit
-from ..shared.pipeline_folder import INDEX_FILE, write_index
-from ..weights import CheckpointError, load_model, resolve_checkpoint
+from ..shared.pipeline_folder import check_index, write_index
+from ..weights import load_model, resolve_checkpoint
 from .model import BeautyRECNet
 
 
@@ -66,12 +64,7 @@ class BeautyRECPipeline:
         """A local folder or a remote one (s3://...) as written by save_pretrained (device / dtype names as
         facefab.models.weights.pick_device / pick_dtype take them)."""
         local = resolve_checkpoint(folder_or_uri, storage_options)
-        index = os.path.join(local, INDEX_FILE)
-        if os.path.isfile(index):
-            with open(index) as f:
-                name = json.load(f).get("_class_name")
-            if name != cls.__name__:
-                raise CheckpointError(f"checkpoint {folder_or_uri} holds a {name!r}, not a {cls.__name__}")
+        check_index(local, cls.__name__, folder_or_uri)
         return cls(load_model(BeautyRECNet, local, device=device, dtype=dtype))
 
     def save_pretrained(self, folder: str) -> None:

@@ -27,7 +27,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..weights import CheckpointError, load_model, resolve_checkpoint
+from ..shared.pipeline_folder import check_index
+from ..weights import load_model, resolve_checkpoint
 from .model import FaceVid2VidModel, head_motion, relative_motion
 
 INDEX_FILE = "model_index.json"
@@ -64,12 +65,7 @@ class FaceVid2VidPipeline:
     @classmethod
     def from_pretrained(cls, folder: str, device: str = "auto", dtype: str = "auto") -> FaceVid2VidPipeline:
         local = resolve_checkpoint(folder)
-        index = os.path.join(local, INDEX_FILE)
-        if os.path.isfile(index):
-            with open(index) as f:
-                name = json.load(f).get("_class_name")
-            if name != cls.__name__:
-                raise CheckpointError(f"checkpoint {folder} holds a {name!r}, not a {cls.__name__}")
+        check_index(local, cls.__name__, folder)
         return cls(load_model(FaceVid2VidModel, local, device=device, dtype=dtype))
 
     def save_pretrained(self, folder: str) -> None:

@@ -24,6 +24,17 @@ def write_index(folder: str, class_name: str, classes: dict[str, type]) -> None:
         json.dump(index, f, indent=2, sort_keys=True)
 
 
+def check_index(folder: str, class_name: str, title: str) -> None:
+    """CheckpointError when `folder`'s model_index.json names another pipeline class (a folder without an
+    index passes: a bare save_pretrained model)."""
+    index = os.path.join(folder, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index) as f:
+            name = json.load(f).get("_class_name")
+        if name != class_name:
+            raise CheckpointError(f"checkpoint {title} holds a {name!r}, not a {class_name}")
+
+
 def write_config(folder: str, config: dict) -> None:
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
