@@ -2,7 +2,8 @@
 
 Prints, from one run on this machine:
   - frames/s and CPU ms per frame of decode alone (every input at 25 fps, full resolution),
-  - the same of a sequential single-process loop running the same operators (run_local),
+  - the same of a sequential single-process loop running the same operators, fused the same way
+    (run_local),
   - the same of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio,
   - a per-stage table: each stage's ms per frame in the loop (its own time, from the rows' op_seconds),
     their sum, the frames/s the machine's cores allow at that sum, and the DAG's share of that bound,
@@ -129,7 +130,10 @@ def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int 
     threads. threads=1 caps OpenCV/torch/codec pools the way the DAG's workers are capped."""
     if threads:
         limit_threads(threads)
-    ops = build_operators(PreprocessConfig())
+    # the same plan as the DAG (per-track stages fused in one chain), so a clip's frames and its
+    # crops are decoded or kept once, as in each DAG worker
+    config = PreprocessConfig()
+    ops = plan_stages(build_operators(config), config)
     ctx = RunContext(os.path.join(workdir, f"sequential{threads or ''}"))
     start, cpu_start = time.perf_counter(), busy_seconds()
     rows = run_local(ops, rows_for(videos, repeat), ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,24 @@ def detect_faces(frames: np.ndarray, detector: FaceDetector | None = None, *,
         if own:
             detector.close()
     return [[d for d in dets if _short_side(d.bbox) >= min_face_px] for dets in per_frame]
+
+
+def detect_sparse(frames: Iterable[np.ndarray], detector: Callable[[np.ndarray], list[Detection]],
+                  every: int = 1, *,
+                  min_face_px: float = 0.0) -> list[list[Detection]]:
+    """Detections of every `every`th frame and of the last (so a track reaches the end), empty
+    lists between: the frames (an array or any iterable, read once) are detected sparsely and
+    `track_faces` interpolates the boxes in between."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    detections: list[list[Detection]] = []
+    last = None
+    for i, frame in enumerate(frames):
+        detections.append(detector(frame) if i % every == 0 else [])
+        last = frame
+    if detections and (len(detections) - 1) % every:
+        detections[-1] = detector(last)
+    return [[d for d in dets if _short_side(d.bbox) >= min_face_px] for dets in detections]
 
 
 def _short_side(bbox: np.ndarray) -> float:

@@ -8,14 +8,24 @@ object store moves bytes cheaply, and rows stay flat and schema-stable.
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
 import numpy as np
 
+# zlib level of the .npz members. np.savez_compressed's default (6) spent 0.7 ms per 256 px label
+# mask; level 3 spends a third of that for files about 1.5x larger (measured on the parsing masks
+# of the shared videos), and `np.load` reads either.
+COMPRESS_LEVEL = 3
+
 
 def pack_arrays(**arrays: np.ndarray) -> bytes:
+    """The arrays as .npz bytes (what np.savez_compressed writes, at COMPRESS_LEVEL)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     return buf.getvalue()
 
 

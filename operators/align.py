@@ -12,10 +12,11 @@ import numpy as np
 from facefab.face.alignment import AUDIO_RATE, track_alignment, warp_to_crop
 from facefab.media import read_audio, write_video
 from facefab.media.arrays import pack_arrays, unpack_arrays
+from facefab.media import frame_cache
 from facefab.media.frame_cache import take
 
 from .base import Operator, OperatorError, Resources, register_stage
-from .track_row import clip_frames
+from .track_row import clip_frames, track_window
 
 
 @register_stage
@@ -49,6 +50,8 @@ class AlignCrop(Operator):
                                           c.smooth_window)
         frames = take(clip_frames(row, storage_options=self.ctx.storage_options), track["frame_index"])
         crops = (warp_to_crop(frame, a, c.crop_size) for frame, a in zip(frames, affine))
+        if frame_cache.fits_in_memory(len(affine), c.crop_size, c.crop_size):
+            crops = _collect(crops, len(affine), c.crop_size)  # kept for the stages after (frame_cache.put)
         start, end = track_window(row, track["frame_index"])
         audio = self._audio(row, start, end) if row.get("has_audio") else None
         crop_uri = self.ctx.artifact_uri("crops", row["id"], ".mp4")
@@ -56,6 +59,8 @@ class AlignCrop(Operator):
                     preset=c.preset,
                     metadata={"source": str(row["video_uri"]), "start": f"{start:.3f}", "end": f"{end:.3f}"},
                     storage_options=self.ctx.storage_options)
+        if isinstance(crops, np.ndarray):
+            frame_cache.put(crop_uri, crops, self.ctx.storage_options)
         return {"_align": pack_arrays(affine=affine, inverse=inverse), "crop_uri": crop_uri,
                 "crop_size": c.crop_size}
 
@@ -64,10 +69,12 @@ class AlignCrop(Operator):
                           storage_options=self.ctx.storage_options)
 
 
-def track_window(row: dict[str, Any], frame_index: np.ndarray) -> tuple[float, float]:
-    """Start and end time (s, in the source video) of the track's frames."""
-    clip_start, fps = float(row.get("start") or 0.0), float(row["fps"])
-    return clip_start + int(frame_index[0]) / fps, clip_start + (int(frame_index[-1]) + 1) / fps
+def _collect(crops, count: int, size: int) -> np.ndarray:
+    kept = np.empty((count, size, size, 3), np.uint8)
+    done = 0
+    for done, crop in enumerate(crops, 1):
+        kept[done - 1] = crop
+    return kept[:done]
 
 
 __all__ = [

@@ -219,10 +219,15 @@ class OperatorChain(Operator):
             m.ensure_setup()
 
     def apply(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = [row]
-        for m in self.members:
-            rows = [out for r in rows for out in m.apply(r)]
-        return rows
+        return self._apply_from(0, row)
+
+    def _apply_from(self, first: int, row: dict[str, Any]) -> list[dict[str, Any]]:
+        # Depth first: each row of a fan-out (a clip's face tracks) runs the rest of the chain before
+        # the next starts, so the frames it shares with the stages after (its clip, its crop) are
+        # still in the worker's frame cache when they read them.
+        if first == len(self.members):
+            return [row]
+        return [out for r in self.members[first].apply(row) for out in self._apply_from(first + 1, r)]
 
 
 def _chain_inputs(members: "list[Operator]") -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from .track_row import clip_frames
 
 def face_mesher(config: FaceLandmarks.Config) -> FaceMesher:
     """The mesher a `landmarks` config section describes (preprocess and dub share the section)."""
-    return FaceMesher(config.min_confidence, config.crop_scale, config.crop_px)
+    return FaceMesher(config.min_confidence, config.crop_scale, config.crop_px, config.track_roi)
 
 
 @register_stage
@@ -44,6 +44,9 @@ class FaceLandmarks(Operator):
         crop_scale: float = 1.8  # crop side / longer side of the detection box
         crop_px: int = 256  # crop resolution fed to the mesh (it runs at 192 px internally)
         min_valid_fraction: float = 0.8  # fewer frames with landmarks -> the row fails
+        # follow the mesh's own region of interest from frame to frame (MediaPipe's video mode)
+        # instead of running its face detector on every frame; see face.mesh.FaceMesher
+        track_roi: bool = True
 
     def setup(self) -> None:
         self.mesher = face_mesher(self.config)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facefab.media import iter_frames
+from facefab.media import iter_frames, probe
 
 from .base import Filtered, Operator, Resources, register_stage, stable_id
 
@@ -70,13 +70,12 @@ class ShotClips(Operator):
         max_clip: float = 10.0  # seconds
         min_clip: float = 1.0  # seconds
 
-    def shot_boundaries(self, uri: str, fps: float) -> tuple[list[int], int]:
+    def shot_boundaries(self, uri: str, fps: float, width: int, height: int) -> tuple[list[int], int]:
         deltas, previous = [], None
-        for chunk in iter_frames(uri, fps=fps, chunk=128, storage_options=self.ctx.storage_options):
-            h, w = chunk.shape[1:3]
-            size = (ANALYSIS_WIDTH, max(2, int(round(h * ANALYSIS_WIDTH / w))))
-            hsv = np.stack([cv2.cvtColor(cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
-                            for f in chunk])
+        size = (ANALYSIS_WIDTH, max(2, int(round(height * ANALYSIS_WIDTH / width))))
+        # decoded straight to the analysis size (the scaler runs with the colour conversion)
+        for chunk in iter_frames(uri, fps=fps, size=size, chunk=128, storage_options=self.ctx.storage_options):
+            hsv = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in chunk])
             deltas.append(frame_deltas(hsv, previous))
             previous = hsv[-1]
         all_deltas = np.concatenate(deltas) if deltas else np.zeros(0)
@@ -85,7 +84,11 @@ class ShotClips(Operator):
 
     def process_row(self, row):
         fps = float(row["fps"])
-        cuts, total = self.shot_boundaries(row["video_uri"], fps)
+        width, height = row.get("width"), row.get("height")
+        if not (width and height):
+            info = probe(row["video_uri"], self.ctx.storage_options)
+            width, height = info.width, info.height
+        cuts, total = self.shot_boundaries(row["video_uri"], fps, int(width), int(height))
         bounds = [0, *cuts, total]
         clips = []
         for shot_index, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):

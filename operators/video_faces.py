@@ -40,18 +40,12 @@ def fill_short_gaps(points: np.ndarray, found: np.ndarray, max_gap: int) -> tupl
 def detect_and_track(frames, detect, every: int, faces: Any, fps: float, uri: str) -> tuple[list, list[list]]:
     """(tracks, detections) of the frames (an array or a stream, read once): faces detected on every
     `every`th frame and the last, linked into tracks; OperatorError naming the video when none stays."""
-    from facefab.face.detection import track_faces
+    from facefab.face.detection import detect_sparse, track_faces
 
-    detections: list[list] = []
-    last = None
-    for i, frame in enumerate(frames):
-        detections.append(detect(frame) if i % every == 0 else [])
-        last = frame
+    detections = detect_sparse(frames, detect, every)
     n = len(detections)
     if n == 0:
         raise OperatorError(f"source video '{uri}' decoded to 0 frames")
-    if (n - 1) % every:  # the last frame too, so the track reaches the end of the video
-        detections[-1] = detect(last)
     tracks = track_faces(detections, iou_threshold=faces.iou_threshold, max_gap_frames=max(faces.max_gap_frames, every),
                          min_track_frames=min(faces.min_track_frames, n), smooth_window=faces.smooth_window,
                          join_gap_frames=max(1, round(fps)))

@@ -116,6 +116,30 @@ def test_chain_keeps_each_members_error_isolation_and_stamps():
     assert json.loads(rows[1]["error"])["operator"] == "explodes"
 
 
+class Records(Operator):
+    name = "records"
+    inputs = ("x",)
+
+    def __init__(self, log, tag):
+        super().__init__()
+        self.log, self.tag = log, tag
+
+    def process_row(self, row):
+        self.log.append((self.tag, row["id"]))
+        return {}
+
+
+def test_chain_runs_each_fanned_out_row_to_the_end_before_the_next():
+    # depth first, so what a row shares with the stages after (its crop in the frame cache) is
+    # still there when they read it
+    from facefab.operators.base import OperatorChain
+
+    log = []
+    rows = run_local([OperatorChain([Fans(), Records(log, "first"), Records(log, "second")])], [{"id": "a", "x": 5}])
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert log == [("first", "a-0"), ("second", "a-0"), ("first", "a-1"), ("second", "a-1")]
+
+
 def test_resources_are_fitted_so_actor_pools_cannot_starve_tasks():
     from facefab.operators.base import OperatorChain, Resources
     from facefab.pipelines.engine import fit_resources, pool_bounds
