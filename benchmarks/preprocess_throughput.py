@@ -17,6 +17,7 @@ the bundled samples once and --memory-repeat times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -144,18 +145,22 @@ def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int 
     return elapsed, cpu, rows
 
 
-def time_dag(videos: list[Path], repeat: int, out: str, fuse: bool = True) -> tuple[float, int, float]:
-    """(wall seconds, peak memory bytes, busy CPU seconds of the machine) of one DAG run."""
+def time_dag(videos: list[Path], repeat: int, out: str, fuse: bool = True,
+             memory: bool = False) -> tuple[float, int, float]:
+    """(wall seconds, peak memory bytes or 0, busy CPU seconds of the machine) of one DAG run.
+
+    memory=True samples the PSS of every process while it runs. Only the memory runs do: reading
+    PSS walks each process's page tables, which on 2 cores took a third of the DAG's speed."""
     config = PreprocessConfig(fuse=fuse)
     run = PipelineRun("bench", "clips", RunContext(out), progress=False,
                       order=largest_first(None) if config.largest_first else None)
-    with PeakMemory() as mem:
+    with PeakMemory() if memory else contextlib.nullcontext() as mem:
         start, cpu_start = time.perf_counter(), busy_seconds()
         summary = run_pipeline(run, plan_stages(build_operators(config), config), rows_for(videos, repeat))
         elapsed, cpu = time.perf_counter() - start, busy_seconds() - cpu_start
     if summary.run_counts.get("failed"):
         raise SystemExit(f"DAG failed rows: {summary.errors}")
-    return elapsed, mem.peak, cpu
+    return elapsed, mem.peak if memory else 0, cpu
 
 
 def main() -> None:
@@ -194,8 +199,8 @@ def main() -> None:
         staged, _, staged_cpu = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
         print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
               f"({staged_cpu / staged:.2f} cores busy; one actor pool per stage, for comparison)")
-        _, peak_small, _ = time_dag(SAMPLES, 1, os.path.join(work, "mem1"))
-        _, peak_big, _ = time_dag(SAMPLES, args.memory_repeat, os.path.join(work, "mem10"))
+        _, peak_small, _ = time_dag(SAMPLES, 1, os.path.join(work, "mem1"), memory=True)
+        _, peak_big, _ = time_dag(SAMPLES, args.memory_repeat, os.path.join(work, "mem10"), memory=True)
         print(f"peak memory (driver + Ray workers), samples x1: {peak_small / 2**30:.2f} GiB, "
               f"x{args.memory_repeat}: {peak_big / 2**30:.2f} GiB (ratio {peak_big / peak_small:.2f})")
 

@@ -178,14 +178,35 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, inverse: np.ndarray, mask: n
     elif mask.dtype == np.uint8:
         mask = mask.astype(np.float32) / 255.0
     inverse = np.asarray(inverse, np.float64)
-    warped = cv2.warpAffine(crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(mask.astype(np.float32), inverse, (width, height), flags=cv2.INTER_LINEAR,
+    # Only the crop's footprint in the frame is warped and blended (the rest keeps alpha 0): the
+    # same sample positions as a whole-frame warp, so the same result up to OpenCV's fixed-point
+    # rounding (at most one level on a few pixels), at under half the cost on a 512 px frame.
+    x0, y0, x1, y1 = _footprint(inverse, crop.shape[1], crop.shape[0], width, height)
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    shifted = inverse.copy()
+    shifted[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(crop, shifted, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.warpAffine(mask.astype(np.float32), shifted, size, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT)
+    region = frame[y0:y1, x0:x1]
     if alpha.ndim == 2 and frame.ndim == 3:
         alpha = alpha[..., None]
-    blended = frame.astype(np.float32) * (1.0 - alpha) + warped.astype(np.float32) * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
+    blended = region.astype(np.float32) * (1.0 - alpha) + warped.astype(np.float32) * alpha
+    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(frame.dtype)
+    return out
 
+
+def _footprint(inverse: np.ndarray, crop_w: int, crop_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The frame pixels a (crop_w x crop_h) crop covers through `inverse`, one pixel of margin for
+    the bilinear edge, clipped to the frame: x0, y0, x1, y1 (exclusive)."""
+    corners = np.array([[0, 0, 1], [crop_w, 0, 1], [0, crop_h, 1], [crop_w, crop_h, 1]], np.float64) @ inverse.T
+    x0, y0 = np.floor(corners.min(axis=0)) - 1
+    x1, y1 = np.ceil(corners.max(axis=0)) + 2
+    return (int(np.clip(x0, 0, width)), int(np.clip(y0, 0, height)), int(np.clip(x1, 0, width)),
+            int(np.clip(y1, 0, height)))
 
 
 def track_alignment(landmarks: np.ndarray, valid: np.ndarray, size: int, crop_scale: float,

@@ -152,13 +152,18 @@ class FaceMesher:
 
     def track(self, frames: Iterable[np.ndarray], bboxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks (T,478,3) (NaN where not found) and valid (T,) of consecutive frames of one
-        track (an array or any iterable, read once) with per-frame boxes (T,4)."""
+        track (an array or any iterable, read once) with per-frame boxes (T,4); frames whose box
+        is not finite are skipped."""
         landmarks = np.full((len(bboxes), NUM_LANDMARKS, 3), np.nan, np.float32)
         valid = np.zeros(len(bboxes), bool)
         graph = self._graph(static=not self.track_roi)
         if self.track_roi:
             graph.reset()  # no region of interest carried over from another track
         for i, (frame, bbox) in enumerate(zip(frames, bboxes)):
+            if not np.isfinite(bbox).all():  # no box for this frame: nothing to mesh, detect afresh after
+                if self.track_roi:
+                    graph.reset()
+                continue
             points = self._points(graph, frame, bbox)
             if points is not None:
                 landmarks[i], valid[i] = points, True
@@ -209,7 +214,8 @@ def largest_face_landmarks(frames: np.ndarray) -> np.ndarray:
     from .detection import FaceDetector, detect_faces, track_faces
 
     landmarks = np.full((len(frames), NUM_LANDMARKS, 3), np.nan, np.float32)
-    detector, mesher = FaceDetector(), FaceMesher()
+    # static mode: a measurement tool meshes each frame on its own, with no state carried between
+    detector, mesher = FaceDetector(), FaceMesher(track_roi=False)
     try:
         tracks = track_faces(detect_faces(frames, detector), min_track_frames=1)
         if tracks:

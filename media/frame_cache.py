@@ -133,11 +133,12 @@ class SeekableFrames:
 
 def indexed_frames(path: str, count: int, width: int, height: int) -> np.ndarray | SeekableFrames:
     """The first `count` frames of a local video, indexable: one decoded array when it fits
-    MAX_BYTES, else a SeekableFrames."""
+    MAX_BYTES (through the cache, so the rows that dub one video into several languages decode it
+    once per worker), else a SeekableFrames."""
     if fits_in_memory(count, width, height):
         times = frame_times(path)
         end = float(times[count]) if count < len(times) else None
-        frames = read_frames(path, end=end)
+        frames = cached_frames(path, end=end)
         if len(frames) < count:
             raise MediaError(f"'{path}' decoded to {len(frames)} frames, {count} asked for")
         return frames[:count]

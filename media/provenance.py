@@ -565,7 +565,7 @@ def read_c2pa(path: str, trust_anchors_pem: str | bytes | None = None) -> dict |
 def write_synthetic_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
                           model: str, job_id: str | None = None,
                           payload: bytes | str = DEFAULT_PAYLOAD, audio: np.ndarray | None = None,
-                          audio_rate: int = 16000, crf: int = 18,
+                          audio_rate: int = 16000, crf: int = 18, preset: str = "medium",
                           storage_options: dict | None = None, sign: bool | None = None,
                           watermark: bool = True) -> dict:
     """Write generated frames with all three provenance marks; the one call generators make.
@@ -579,8 +579,8 @@ def write_synthetic_video(uri: str, frames: np.ndarray | Iterable[np.ndarray], f
     from . import io as media
 
     def write(target: str, marked, tags: dict[str, str], options: dict | None) -> None:
-        media.write_video(target, marked, fps, audio=audio, audio_rate=audio_rate, crf=crf, metadata=tags,
-                          storage_options=options)
+        media.write_video(target, marked, fps, audio=audio, audio_rate=audio_rate, crf=crf, preset=preset,
+                          metadata=tags, storage_options=options)
 
     marked = (frames if not watermark else embed_watermark(frames, payload) if isinstance(frames, np.ndarray)
               else iter_embed_watermark(frames, payload))

@@ -31,6 +31,7 @@ from facefab.face.alignment import points_to_crop
 from facefab.face.mesh import NUM_LANDMARKS
 from facefab.manifests.storage import join_uri
 from facefab.media.arrays import pack_arrays, unpack_arrays
+from facefab.media.io import X264_PRESETS
 from facefab.models.lipsync.speech import as_speech, speech_features
 from facefab.models.lipsync.weightfree import WeightFreeConfig, WeightFreeLipSync
 
@@ -73,6 +74,9 @@ class DubConfig(GeneratorOperator.Config):
         "help": "new audio with less voice activity than this fails its row (silence, noise, a click)"})
     audio_rate: int = field(default=0, metadata={"help": "muxed audio rate; 0: the new audio's own (16-48 kHz)"})
     crf: int = 18
+    preset: str = field(default="veryfast", metadata={
+        "help": "x264 preset of the dubbed videos (at crf 18 veryfast encodes about 1.7x faster than medium for "
+                "0.4 dB less PSNR and a file no bigger)"})
     watermark: bool = field(default=True, metadata={"help": "invisible watermark (the synthetic tag is always written)"})
     batch_size: int = 8  # MyTalk renderer frames per batch
     score: bool = field(default=True, metadata={"help": "measure sync and provenance on the written files"})
@@ -99,6 +103,8 @@ def validate(config: DubConfig) -> None:
         raise ValueError(f"max_duration must be positive, got {config.max_duration}")
     if config.detect_every < 1:
         raise ValueError(f"detect_every must be >= 1, got {config.detect_every}")
+    if config.preset not in X264_PRESETS:
+        raise ValueError(f"preset must be one of {X264_PRESETS}, got {config.preset!r}")
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -518,7 +524,8 @@ class LipSync(GeneratorOperator):
 
         return provenance.write_synthetic_video(uri, frames, fps, model="weightfree" if self.weight_free else "mytalk",
                                                 job_id=row.get("job_id") or row["id"], audio=audio, audio_rate=rate,
-                                                crf=self.config.crf, storage_options=self.ctx.storage_options,
+                                                crf=self.config.crf, preset=self.config.preset,
+                                                storage_options=self.ctx.storage_options,
                                                 watermark=self.config.watermark)
 
 
@@ -584,16 +591,16 @@ class DubScore(Operator):
         from facefab.media import iter_frames
         from facefab.media.provenance import WatermarkReader
 
-        out = np.full((len(boxes), NUM_LANDMARKS, 3), np.nan, np.float32)
         reader = WatermarkReader()
-        frames = (f for chunk in iter_frames(uri, storage_options=self.ctx.storage_options) for f in chunk)
-        for t, (frame, box) in enumerate(zip(frames, boxes)):
-            if t < self.WATERMARK_FRAMES:
-                reader.add(frame)
-            if np.isfinite(box).all():
-                points = self.mesher(frame, box)
-                if points is not None:
-                    out[t] = points
+
+        def frames():
+            chunks = iter_frames(uri, storage_options=self.ctx.storage_options)
+            for t, frame in enumerate(f for chunk in chunks for f in chunk):
+                if t < self.WATERMARK_FRAMES:
+                    reader.add(frame)
+                yield frame
+
+        out, _ = self.mesher.track(frames(), boxes)
         if not reader.frames:
             raise OperatorError(f"the written output '{uri}' has no frames")
         return out, reader.result()
