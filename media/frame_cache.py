@@ -5,9 +5,9 @@ the source; parsing, flow and the quality scores read the track's aligned crop, 
 size. When they run in one worker (a fused chain, or run_local), this small per-process cache
 decodes each video window once at its native size and resizes per request with the same resize
 read_frames applies, so results are identical to separate reads. A stage that writes a video the
-next stages read (the aligned crops) hands its frames over with `put` instead. It holds at most `MAX_ENTRIES`
-windows and `MAX_BYTES` of frames, so memory stays flat however long the input list is. Callers
-must not modify the arrays.
+next stages read (the aligned crops) hands its frames over with `put` instead. It holds at most
+`MAX_ENTRIES` windows and `MAX_BYTES` of frames, so memory stays flat however long the input list
+is. Callers must not modify the arrays.
 
 A window larger than `MAX_BYTES` (a 10 s 4K clip is 6 GB of RGB) is not kept: `clip_source`
 returns a `StreamedFrames` that decodes it again, a chunk at a time, on every pass, so a worker's

@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 
 from facefab.face.alignment import AUDIO_RATE, track_alignment, warp_to_crop
-from facefab.media import read_audio, write_video
+from facefab.media import frame_cache, read_audio, write_video
 from facefab.media.arrays import pack_arrays, unpack_arrays
-from facefab.media import frame_cache
 from facefab.media.frame_cache import take
 
 from .base import Operator, OperatorError, Resources, register_stage

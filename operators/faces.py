@@ -39,7 +39,7 @@ class FaceTrack(Operator):
         min_confidence: float = 0.5
         detect_max_side: int = 640  # frames are downscaled to this longest side for detection
         # detect on every Nth frame (and the last); the tracker interpolates the boxes between and
-        # the landmarks stage follows the face with the mesh's own tracking (LandmarksConfig.track_roi)
+        # the landmarks stage follows the face with the mesh's own tracking (FaceLandmarks.Config.track_roi)
         detect_every: int = 5
         min_face_px: float = 32.0  # shorter box side, in source pixels
         iou_threshold: float = 0.3
