@@ -82,11 +82,10 @@ def detect_faces(frames: np.ndarray, detector: FaceDetector | None = None, *,
     own = detector is None
     detector = detector or FaceDetector(**detector_kwargs)
     try:
-        per_frame = [detector(frame) for frame in frames]
+        return detect_sparse(frames, detector, 1, min_face_px=min_face_px)
     finally:
         if own:
             detector.close()
-    return [[d for d in dets if _short_side(d.bbox) >= min_face_px] for dets in per_frame]
 
 
 def detect_sparse(frames: Iterable[np.ndarray], detector: Callable[[np.ndarray], list[Detection]],
