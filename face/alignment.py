@@ -178,11 +178,14 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, inverse: np.ndarray, mask: n
     elif mask.dtype == np.uint8:
         mask = mask.astype(np.float32) / 255.0
     inverse = np.asarray(inverse, np.float64)
-    # Only the crop's footprint in the frame is warped and blended (the rest keeps alpha 0): the
-    # same sample positions as a whole-frame warp, so the same result up to OpenCV's fixed-point
-    # rounding (at most one level on a few pixels), at under half the cost on a 512 px frame.
-    x0, y0, x1, y1 = _footprint(inverse, crop.shape[1], crop.shape[0], width, height)
+    # Only the footprint in the frame of the crop's part the mask covers is warped and blended (the
+    # rest keeps alpha 0): the same sample positions as a whole-frame warp, so the same result up to
+    # OpenCV's fixed-point rounding (at most one level on a few pixels), at a fraction of the cost.
+    covered = _support(mask)
     out = frame.copy()
+    if covered is None:
+        return out
+    x0, y0, x1, y1 = _footprint(inverse, covered, width, height)
     if x1 <= x0 or y1 <= y0:
         return out
     shifted = inverse.copy()
@@ -199,10 +202,23 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, inverse: np.ndarray, mask: n
     return out
 
 
-def _footprint(inverse: np.ndarray, crop_w: int, crop_h: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """The frame pixels a (crop_w x crop_h) crop covers through `inverse`, one pixel of margin for
-    the bilinear edge, clipped to the frame: x0, y0, x1, y1 (exclusive)."""
-    corners = np.array([[0, 0, 1], [crop_w, 0, 1], [0, crop_h, 1], [crop_w, crop_h, 1]], np.float64) @ inverse.T
+def _support(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The crop rectangle (x0, y0, x1, y1, exclusive) holding every pixel where `mask` > 0, one pixel
+    grown (a bilinear sample just outside it still reads it); None when the mask is empty."""
+    hit = mask > 0 if mask.ndim == 2 else (mask > 0).any(axis=2)
+    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+    if not len(rows):
+        return None
+    h, w = hit.shape
+    return max(cols[0] - 1, 0), max(rows[0] - 1, 0), min(cols[-1] + 2, w), min(rows[-1] + 2, h)
+
+
+def _footprint(inverse: np.ndarray, rect: tuple[int, int, int, int], width: int, height: int
+               ) -> tuple[int, int, int, int]:
+    """The frame pixels the crop rectangle `rect` (x0, y0, x1, y1) covers through `inverse`, one pixel
+    of margin for the bilinear edge, clipped to the frame: x0, y0, x1, y1 (exclusive)."""
+    cx0, cy0, cx1, cy1 = rect
+    corners = np.array([[cx0, cy0, 1], [cx1, cy0, 1], [cx0, cy1, 1], [cx1, cy1, 1]], np.float64) @ inverse.T
     x0, y0 = np.floor(corners.min(axis=0)) - 1
     x1, y1 = np.ceil(corners.max(axis=0)) + 2
     return (int(np.clip(x0, 0, width)), int(np.clip(y0, 0, height)), int(np.clip(x1, 0, width)),

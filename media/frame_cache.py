@@ -7,7 +7,7 @@ decodes each video window once at its native size and resizes per request with t
 read_frames applies, so results are identical to separate reads. A stage that writes a video the
 next stages read (the aligned crops) hands its frames over with `put` instead. It holds at most
 `MAX_ENTRIES` windows and `MAX_BYTES` of frames, so memory stays flat however long the input list
-is. Callers must not modify the arrays.
+is. The arrays are read-only: callers share them.
 
 A window larger than `MAX_BYTES` (a 10 s 4K clip is 6 GB of RGB) is not kept: `clip_source`
 returns a `StreamedFrames` that decodes it again, a chunk at a time, on every pass, so a worker's
@@ -43,6 +43,7 @@ def cached_frames(uri: str, *, fps: float | None = None, start: float | None = N
     frames = _cache.get(key)
     if frames is None:
         frames = read_frames(uri, fps=fps, start=start, end=end, storage_options=storage_options)
+        frames.flags.writeable = False  # shared by every later reader in this worker
         _cache[key] = frames
         _evict()
     else:
@@ -57,6 +58,8 @@ def put(uri: str, frames: np.ndarray, storage_options: dict[str, Any] | None = N
     encoder's loss (about 42 dB PSNR at crf 18) of what a later reader of the file gets."""
     if frames.nbytes > MAX_BYTES:
         return
+    frames = frames.view()
+    frames.flags.writeable = False
     _cache[(uri, content_identity(uri, storage_options), None, None, None)] = frames
     _evict()
 

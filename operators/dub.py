@@ -83,6 +83,9 @@ class DubConfig(GeneratorOperator.Config):
     max_lag: int = 5  # frames of audio/video lag the sync score searches
     detect_every: int = field(default=3, metadata={"help": "detect faces on every Nth frame; the tracker "
                                                             "interpolates the boxes in between"})
+    fuse: bool = field(default=True, metadata={
+        "help": "with the weight-free generator, run analysis, lip sync and score as one chain per worker "
+                "(the decoded video stays in memory between them)"})
     from_preprocess: str | None = field(default=None, metadata={
         "help": "a `facefab preprocess` ROOT: the speaking face of a video it has comes from its face tracks "
                 "instead of being detected and meshed again"})

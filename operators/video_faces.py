@@ -88,15 +88,15 @@ def probe_video(uri: str, storage_options: dict | None, what: str = "source vide
 
 def decoded_or_streamed(path: str, info, seconds: float | None, timer):
     """The first `seconds` of a local video (all of it when None or longer): decoded once when they fit
-    the frame budget (media.frame_cache.MAX_BYTES), else a stream decoded again on each pass."""
-    from facefab.media import read_frames
-    from facefab.media.frame_cache import StreamedFrames, fits_in_memory
+    the frame budget (media.frame_cache.MAX_BYTES), through the worker's frame cache so a later stage of
+    the same chain reads them from memory, else a stream decoded again on each pass."""
+    from facefab.media.frame_cache import StreamedFrames, cached_frames, fits_in_memory
 
     end = seconds if seconds is not None and seconds < info.duration else None
     if not fits_in_memory((end or info.duration) * info.fps, info.width, info.height):
         return StreamedFrames(path, fps=None, start=None, end=end)
     with timer("decode"):
-        return read_frames(path, end=end)
+        return cached_frames(path, end=end)
 
 
 def select_track(tracks: list, how: str, frame_wh: tuple[int, int]):

@@ -1,6 +1,7 @@
 """`facefab dub`: lip-sync talking videos to new audio tracks, one manifest row per (video, audio) pair.
 
-    dub_analyze -> lip_sync -> dub_score       (the stages: facefab.operators.dub)
+    dub_analyze -> lip_sync -> dub_score       (the stages: facefab.operators.dub; one chain per
+                                                worker when the generator is the weight-free one)
 
 Rows (kind "dub") carry the generation columns (job_id, model, checkpoint, video_uri, audio_uri,
 out_uri, out_name, duration) plus the scores and `stage_seconds` (JSON: seconds per stage).
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from facefab.operators.base import Operator, Resources, RunContext
+from facefab.operators.base import Operator, OperatorChain, Resources, RunContext
 from facefab.operators.dub import DubAnalyze, DubConfig, DubScore, LipSync, validate
 
 from .engine import PipelineRun, RunSummary, run_pipeline
@@ -32,12 +33,18 @@ def resolve_model(config: DubConfig) -> DubConfig:
 
 
 def build_operators(config: DubConfig) -> list[Operator]:
+    """The stages; with the weight-free generator (all on CPU) and `fuse`, one chain per worker: the
+    video the analysis decoded stays in the worker's frame cache for the lip sync, a run starts one
+    pool of workers instead of three, and locally that pool has a worker per CPU share, so the rows
+    (the languages of one video too) spread over the machine instead of queueing at one stage."""
     validate(config)
     config = resolve_model(config)
     generator = Resources(num_cpus=1.0) if config.model == "weightfree" else LipSync.default_resources
     ops: list[Operator] = [DubAnalyze(config), LipSync(config, resources=generator)]
     if config.score:
         ops.append(DubScore(config))
+    if config.fuse and config.model == "weightfree":
+        return [OperatorChain(ops, resources=Resources(num_cpus=1.0, pool_size=0))]
     return ops
 
 

@@ -103,10 +103,13 @@ def fit_resources(operators: Sequence[Operator], total_cpus: float, actor_share:
     return fitted
 
 
-def plan_pools(operators: Sequence[Operator], where: Placement) -> list[StagePlan]:
-    """One StagePlan per operator, in order (see the module docstring)."""
+def plan_pools(operators: Sequence[Operator], where: Placement, rows: int | None = None) -> list[StagePlan]:
+    """One StagePlan per operator, in order (see the module docstring). `rows`: the number of input
+    rows, when known; a local pool before any fan-out then starts no more actors than that (a worker
+    with no row to take would only spend its start-up on the cores the others are using)."""
     fitted = None if where.cluster else fit_resources(operators, where.cpus)
     plans = []
+    fanned = False
     for op in operators:
         res = op.resources
         gpus = res.num_gpus if where.use_gpu else 0.0
@@ -121,7 +124,10 @@ def plan_pools(operators: Sequence[Operator], where: Placement) -> list[StagePla
                                    GROWING_POOL_TASKS_PER_ACTOR if grows else 1))
         else:
             low, high = pool_bounds(op, where.cpus)
+            if rows is not None and not fanned:
+                low = high = max(1, min(low, rows))
             plans.append(StagePlan(op.name, "actors", cpus, gpus, low, high))
+        fanned = fanned or op.fan_out
     return plans
 
 

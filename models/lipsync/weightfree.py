@@ -401,7 +401,7 @@ def _gain_matched(pasted: np.ndarray, current: np.ndarray, ring: np.ndarray) -> 
         return pasted
     gain = (current[ring].mean(axis=0) + 1.0) / (pasted[ring].mean(axis=0) + 1.0)
     gain = np.clip(gain, 0.8, 1.25)
-    return np.clip(pasted.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    return cv2.multiply(pasted, (*gain.tolist(), 1.0))  # saturating, rounded
 
 
 def cross_fades(choice: np.ndarray, usable: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -427,10 +427,18 @@ def dissolve(crop: np.ndarray, alpha: np.ndarray, old_crop: np.ndarray, old_alph
              weight: float) -> tuple[np.ndarray, np.ndarray]:
     """The two transfers mixed, `weight` of the first: colours weighted by their masks, so where
     only one covers the face it shows unmixed."""
-    a, b = weight * alpha, (1.0 - weight) * old_alpha
+    out_crop, out_alpha = np.zeros_like(crop), np.zeros_like(alpha, dtype=np.float32)
+    covered = (alpha > 0) | (old_alpha > 0)
+    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    if not len(rows):
+        return out_crop, out_alpha
+    roi = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # both masks are 0 outside it
+    a, b = weight * alpha[roi], (1.0 - weight) * old_alpha[roi]
     total = a + b
-    mixed = (crop * a[..., None] + old_crop * b[..., None]) / np.maximum(total, 1e-6)[..., None]
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8), np.clip(total, 0.0, 1.0).astype(np.float32)
+    mixed = (crop[roi] * a[..., None] + old_crop[roi] * b[..., None]) / np.maximum(total, 1e-6)[..., None]
+    out_crop[roi] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    out_alpha[roi] = np.clip(total, 0.0, 1.0)
+    return out_crop, out_alpha
 
 
 # -- the model --------------------------------------------------------------------------------------

@@ -61,10 +61,15 @@ def test_on_a_cluster_pools_grow_and_workers_ask_for_what_stages_declare():
 
 def test_dub_stages_each_grow_and_gpus_are_asked_for_only_when_the_run_uses_them():
     on = Placement(cluster=True, cpus=8, use_gpu=True)
-    weightfree = plan_pools(dub_operators(DubConfig(model="weightfree")), on)
-    assert [(p.kind, p.min_actors, p.max_actors, p.num_cpus, p.num_gpus) for p in weightfree] == [
-        ("actors", 1, None, 1.0, 0.0)] * 3  # no bound but the cluster's size, which the autoscaler grows
-    assert weightfree[0].line() == "dub_analyze: actor pool of 1..cluster max, 1 CPU each"
+    # the weight-free dub runs on CPU only: its stages are one chain per worker
+    (weightfree,) = plan_pools(dub_operators(DubConfig(model="weightfree")), on)
+    assert (weightfree.kind, weightfree.min_actors, weightfree.max_actors, weightfree.num_cpus,
+            weightfree.num_gpus) == ("actors", 1, None, 1.0, 0.0)  # no bound but the cluster's, which grows
+    assert weightfree.line() == "dub_analyze+lip_sync+dub_score: actor pool of 1..cluster max, 1 CPU each"
+    unfused = plan_pools(dub_operators(DubConfig(model="weightfree", fuse=False)), on)
+    assert [(p.kind, p.min_actors, p.max_actors, p.num_cpus, p.num_gpus) for p in unfused] == [
+        ("actors", 1, None, 1.0, 0.0)] * 3
+    assert unfused[0].line() == "dub_analyze: actor pool of 1..cluster max, 1 CPU each"
 
     mytalk = _by_name(plan_pools(dub_operators(DubConfig(model="mytalk", checkpoint="ckpt")), on))
     assert (mytalk["lip_sync"].num_cpus, mytalk["lip_sync"].num_gpus, mytalk["lip_sync"].max_actors) == (0.5, 1.0, None)
@@ -72,6 +77,17 @@ def test_dub_stages_each_grow_and_gpus_are_asked_for_only_when_the_run_uses_them
     off = _by_name(plan_pools(dub_operators(DubConfig(model="mytalk", checkpoint="ckpt")),
                               Placement(cluster=True, cpus=8, use_gpu=False)))
     assert off["lip_sync"].num_gpus == 0.0
+
+
+def test_a_local_pool_before_any_fan_out_starts_no_more_actors_than_there_are_rows():
+    local = Placement(cluster=False, cpus=2, use_gpu=False)
+    dub = dub_operators(DubConfig(model="weightfree"))
+    assert [p.max_actors for p in plan_pools(dub, local)] == [2]  # one per CPU share
+    assert [(p.min_actors, p.max_actors) for p in plan_pools(dub, local, rows=1)] == [(1, 1)]
+    assert [p.max_actors for p in plan_pools(dub, local, rows=5)] == [2]
+    # preprocess's chain comes after the shots' fan-out: one video can make many clip rows
+    ops = preprocess_operators(PreprocessConfig(workers=2))
+    assert plan_pools(ops, local, rows=1)[-1].max_actors == plan_pools(ops, local)[-1].max_actors == 2
 
 
 class _Pinned(Operator):
