@@ -79,12 +79,10 @@ def test_the_export_moves_lips_toward_the_reference(trained, talking_root):
 def test_facefab_makeup_runs_the_export(trained, talking_root, shared_data, tmp_path):
     """`facefab makeup --model beautyrec --checkpoint EXPORT`: every frame of the video, its size and rate,
     tagged with the model; the face is changed and the picture away from it is not."""
-    import cv2
 
-    from facefab.face.colour import inter_ocular
     from facefab.face.mesh import largest_face_landmarks
-    from facefab.face.parsing import FaceContours
     from facefab.face.scores import image_psnr
+    from face_regions import face_and_away
     from facefab.media import probe, read_metadata
     from facefab.media.provenance import read_tag
 
@@ -99,11 +97,9 @@ def test_facefab_makeup_runs_the_export(trained, talking_root, shared_data, tmp_
     assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "beautyrec"
     source, output = read_frames(video, end=1.0), read_frames(row["out_uri"])
     assert output.shape == source.shape and probe(row["out_uri"]).fps == probe(video).fps
-    marks, oval = largest_face_landmarks(source[::5]), FaceContours.from_mediapipe().face_oval
+    marks = largest_face_landmarks(source[::5])
     for t, points in zip(range(0, len(source), 5), marks, strict=True):
-        face = np.zeros(source.shape[1:3], np.uint8)
-        cv2.fillPoly(face, [np.round(points[oval, :2]).astype(np.int32)], 1)
-        outside = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5) > inter_ocular(points)
+        face, outside = face_and_away(points, source.shape[1:])
         assert image_psnr(output[t][outside], source[t][outside]) >= 40
-        changed = np.abs(output[t].astype(float) - source[t]).mean(axis=-1)[face.astype(bool)].mean()
+        changed = np.abs(output[t].astype(float) - source[t]).mean(axis=-1)[face].mean()
         assert changed > 1.0, (t, changed)

@@ -90,12 +90,10 @@ def test_facefab_swap_runs_the_export_in_both_modes(trained, talking_root, share
     """`facefab swap --model face-adapter --checkpoint EXPORT`: swap mode writes every frame of the video at
     its size and rate, the face changed and the picture away from it not; `--mode reenact` moves the source
     portrait (its size) through the video's frames, with the same export."""
-    import cv2
 
-    from facefab.face.colour import inter_ocular
     from facefab.face.mesh import largest_face_landmarks
-    from facefab.face.parsing import FaceContours
     from facefab.face.scores import image_psnr
+    from face_regions import face_and_away
     from facefab.media import probe, read_frames, read_image, read_metadata
     from facefab.media.provenance import read_tag
 
@@ -109,13 +107,11 @@ def test_facefab_swap_runs_the_export_in_both_modes(trained, talking_root, share
     assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "face-adapter"
     frames, output = read_frames(video, end=0.6), read_frames(row["out_uri"])
     assert output.shape == frames.shape and probe(row["out_uri"]).fps == probe(video).fps
-    marks, oval = largest_face_landmarks(frames[::4]), FaceContours.from_mediapipe().face_oval
+    marks = largest_face_landmarks(frames[::4])
     for t, points in zip(range(0, len(frames), 4), marks, strict=True):
-        face = np.zeros(frames.shape[1:3], np.uint8)
-        cv2.fillPoly(face, [np.round(points[oval, :2]).astype(np.int32)], 1)
-        outside = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5) > inter_ocular(points)
+        face, outside = face_and_away(points, frames.shape[1:])
         assert image_psnr(output[t][outside], frames[t][outside]) >= 40
-        assert np.abs(output[t].astype(float) - frames[t]).mean(axis=-1)[face.astype(bool)].mean() > 1.0
+        assert np.abs(output[t].astype(float) - frames[t]).mean(axis=-1)[face].mean() > 1.0
 
     assert main(["swap", *common, "--mode", "reenact", "--out", str(tmp_path / "reenact")]) == 0
     (row,) = read_manifest(str(tmp_path / "reenact")).to_pylist()

@@ -16,6 +16,7 @@ from facefab.media import probe, read_frames, read_image, read_metadata
 from facefab.media.provenance import read_tag
 from facefab.face.colour import colour_of, inter_ocular, to_lab
 from facefab.models.makeup.weightfree import FaceRegions
+from face_regions import face_and_away
 
 SECONDS = 2.0
 
@@ -26,14 +27,6 @@ def _region_colours(image: np.ndarray, points: np.ndarray, regions: FaceRegions)
     lab = to_lab(image)
     erode = max(1, round(0.04 * inter_ocular(points)))
     return {r: colour_of(lab, masks[r], erode).mean for r in ("lips", "skin")}
-
-
-def _outside_face(points: np.ndarray, shape: tuple[int, ...], contours: FaceContours) -> np.ndarray:
-    """Pixels more than one inter-ocular distance from the face's outline (hair, background, clothes)."""
-    face = np.zeros(shape[:2], np.uint8)
-    cv2.fillPoly(face, [np.round(points[contours.face_oval, :2]).astype(np.int32)], 1)
-    distance = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5)
-    return distance > inter_ocular(points)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +65,7 @@ def test_the_lips_and_skin_take_the_reference_colours_and_nothing_else_changes(m
             assert now <= 0.5 * was, (t, region, was, now)
         moved.append(np.linalg.norm(out_marks[k][:, :2] - src_marks[k][:, :2], axis=1).mean()
                      / inter_ocular(src_marks[k]))
-        outside = _outside_face(src_marks[k], source[t].shape, contours)
+        _, outside = face_and_away(src_marks[k], source[t].shape)
         psnr = image_psnr(output[t][outside], source[t][outside])
         assert psnr >= 40, (t, psnr)
     # the mesh re-detected on a plain CRF-12 re-encode of the source already moves 0.2-1.0 % here
@@ -137,7 +130,7 @@ def test_a_still_is_made_up_into_a_tagged_png(shared_data, tmp_path, ray_local):
     source, output = read_image(image), read_image(row["out_uri"])
     assert output.shape == source.shape
     assert read_tag(read_metadata(row["out_uri"]))["facefab:model"] == "weightfree-makeup"
-    regions, contours = FaceRegions(), FaceContours.from_mediapipe()
+    regions = FaceRegions()
     points = largest_face_landmarks(source[None])[0]
     target = _region_colours(read_image(reference), largest_face_landmarks(read_image(reference)[None])[0], regions)
     before, after = _region_colours(source, points, regions), _region_colours(output, points, regions)
@@ -145,7 +138,7 @@ def test_a_still_is_made_up_into_a_tagged_png(shared_data, tmp_path, ray_local):
         was, now = (float(np.linalg.norm(c[region] - target[region])) for c in (before, after))
         print(f"still {region}: Lab distance to the reference {was:.1f} -> {now:.1f}")
         assert now <= 0.5 * was, (region, was, now)
-    outside = _outside_face(points, source.shape, contours)
+    _, outside = face_and_away(points, source.shape)
     assert image_psnr(output[outside], source[outside]) >= 40
 
     with pytest.raises(SystemExit) as usage:

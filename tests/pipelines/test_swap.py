@@ -6,14 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from facefab.face.colour import inter_ocular
 from facefab.face.mesh import largest_face_landmarks
-from facefab.face.parsing import FaceContours, mouth_open_ratio
+from facefab.face.parsing import mouth_open_ratio
 from facefab.face.scores import finite_pearson, image_psnr
 from facefab.jobs.cli import main
 from facefab.manifests.io import read_manifest
 from facefab.media import probe, read_frames, read_image, read_metadata
 from facefab.media.provenance import read_tag
+from face_regions import face_and_away
 
 SECONDS = 2.0
 # identity ratios of a face, each a distance over the inter-ocular distance: eye widths, mouth width, nose
@@ -58,11 +58,8 @@ def test_the_source_face_follows_the_video_face(swapped):
           f"{np.nanmean(now):.3f}")
     assert r >= 0.8
     assert np.nanmean(now) < 0.6 * np.nanmean(was)
-    contours = FaceContours.from_mediapipe()
     for t in range(0, len(video), 10):
-        face = np.zeros(video.shape[1:3], np.uint8)
-        cv2.fillPoly(face, [np.round(before[t][contours.face_oval, :2]).astype(np.int32)], 1)
-        outside = cv2.distanceTransform(1 - face, cv2.DIST_L2, 5) > inter_ocular(before[t])
+        _, outside = face_and_away(before[t], video.shape[1:])
         assert image_psnr(output[t][outside], video[t][outside]) >= 40
 
 
