@@ -152,7 +152,7 @@ def limit_threads(n: int, torch_too: bool = True) -> None:
 
     OpenCV, the video codecs and torch size their pools to the whole machine; several workers on
     one node would each start that many threads and spend their time contending instead of
-    working. torch is not imported for this (about 2.5 s of CPU and 200 MB in every worker,
+    working. torch is not imported for this (over 2 s of a worker's start-up on a small machine,
     for stages that never use it): when it is not loaded yet, OMP_NUM_THREADS makes it start with
     `n` threads whenever a stage imports it. torch_too=False leaves torch alone.
     """
