@@ -152,9 +152,7 @@ def limit_threads(n: int, torch_too: bool = True) -> None:
 
     OpenCV, the video codecs and torch size their pools to the whole machine; several workers on
     one node would each start that many threads and spend their time contending instead of
-    working. torch is not imported for this (over 2 s of a worker's start-up on a small machine,
-    for stages that never use it): when it is not loaded yet, OMP_NUM_THREADS makes it start with
-    `n` threads whenever a stage imports it. torch_too=False leaves torch alone.
+    working. torch_too=False leaves torch alone (and unimported) for tasks that do not use it.
     """
     import cv2
 
@@ -164,8 +162,9 @@ def limit_threads(n: int, torch_too: bool = True) -> None:
     set_codec_threads(n)
     if not torch_too:
         return
-    torch = sys.modules.get("torch")
-    if torch is not None:
+    try:
+        import torch
+
         torch.set_num_threads(n)
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(n)
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep workers importable
+        pass

@@ -283,14 +283,3 @@ def _drive(scratch: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_drive(sys.argv[1]))
-
-
-def test_a_worker_is_capped_at_its_share_without_importing_torch_for_it():
-    # a fresh process, as a worker is: capping its threads must not load torch, but torch loaded by a
-    # stage afterwards starts at the cap
-    script = ("import sys; from facefab.operators.runtime import limit_threads; limit_threads(1); "
-              "loaded = 'torch' in sys.modules; import torch, cv2; "
-              "print(loaded, torch.get_num_threads(), cv2.getNumThreads())")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
-    assert out.stdout.split() == ["False", "1", "1"]
