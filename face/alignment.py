@@ -202,15 +202,23 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, inverse: np.ndarray, mask: n
     return out
 
 
-def _support(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The crop rectangle (x0, y0, x1, y1, exclusive) holding every pixel where `mask` > 0, one pixel
-    grown (a bilinear sample just outside it still reads it); None when the mask is empty."""
+def nonzero_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The smallest rectangle (x0, y0, x1, y1, exclusive) holding every pixel where `mask` (h, w) or
+    (h, w, c) is above 0; None when it is 0 everywhere."""
     hit = mask > 0 if mask.ndim == 2 else (mask > 0).any(axis=2)
     rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
     if not len(rows):
         return None
-    h, w = hit.shape
-    return max(cols[0] - 1, 0), max(rows[0] - 1, 0), min(cols[-1] + 2, w), min(rows[-1] + 2, h)
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _support(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """`nonzero_box` of the mask grown by one pixel (a bilinear sample just outside it still reads it)."""
+    box = nonzero_box(mask)
+    if box is None:
+        return None
+    h, w = mask.shape[:2]
+    return max(box[0] - 1, 0), max(box[1] - 1, 0), min(box[2] + 1, w), min(box[3] + 1, h)
 
 
 def _footprint(inverse: np.ndarray, rect: tuple[int, int, int, int], width: int, height: int

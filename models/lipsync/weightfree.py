@@ -38,7 +38,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from facefab.face.alignment import umeyama_similarity
+from facefab.face.alignment import nonzero_box, umeyama_similarity
 from facefab.face.parsing import (
     LOWER_INNER_LIP,
     MOUTH_CORNERS_INNER,
@@ -428,11 +428,11 @@ def dissolve(crop: np.ndarray, alpha: np.ndarray, old_crop: np.ndarray, old_alph
     """The two transfers mixed, `weight` of the first: colours weighted by their masks, so where
     only one covers the face it shows unmixed."""
     out_crop, out_alpha = np.zeros_like(crop), np.zeros_like(alpha, dtype=np.float32)
-    covered = (alpha > 0) | (old_alpha > 0)
-    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-    if not len(rows):
+    box = nonzero_box(np.maximum(alpha, old_alpha))
+    if box is None:
         return out_crop, out_alpha
-    roi = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # both masks are 0 outside it
+    x0, y0, x1, y1 = box
+    roi = np.s_[y0:y1, x0:x1]  # both masks are 0 outside it
     a, b = weight * alpha[roi], (1.0 - weight) * old_alpha[roi]
     total = a + b
     mixed = (crop[roi] * a[..., None] + old_crop[roi] * b[..., None]) / np.maximum(total, 1e-6)[..., None]
