@@ -135,15 +135,14 @@ def _displacement(sources: np.ndarray, targets: np.ndarray, smooth: float, box: 
     step = max(1.0, smooth / 3.0)
     cw, ch = max(2, math.ceil((w - 1) / step) + 1), max(2, math.ceil((h - 1) / step) + 1)
     gx, gy = np.linspace(x0, x1 - 1, cw), np.linspace(y0, y1 - 1, ch)
+    sx, sy = (cw - 1) / max(w - 1, 1), (ch - 1) / max(h - 1, 1)  # grid cells per pixel
     coarse = LinearNDInterpolator(q, back, fill_value=0.0)(*np.meshgrid(gx, gy)).astype(np.float32)
     if smooth > 0:
-        coarse = cv2.GaussianBlur(coarse, (0, 0), smooth * (cw - 1) / max(w - 1, 1), sigmaY=smooth * (ch - 1) / max(h - 1, 1))
+        coarse = cv2.GaussianBlur(coarse, (0, 0), smooth * sx, sigmaY=smooth * sy)
     if (cw, ch) == (w, h):
         return coarse
-    mx = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :] * ((cw - 1) / max(w - 1, 1)), (h, w))
-    my = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None] * ((ch - 1) / max(h - 1, 1)), (h, w))
-    return cv2.remap(coarse, np.ascontiguousarray(mx), np.ascontiguousarray(my), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    mx, my = np.meshgrid(np.arange(w, dtype=np.float32) * sx, np.arange(h, dtype=np.float32) * sy)
+    return cv2.remap(coarse, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def polygon_mask(polygon: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
