@@ -4,7 +4,8 @@ Prints, from one run on this machine:
   - frames/s and CPU ms per frame of decode alone (every input at 25 fps, full resolution),
   - the same of a sequential single-process loop running the same operators, fused the same way
     (run_local),
-  - the same of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio,
+  - the same of the Ray Data DAG (run_pipeline), and the DAG / sequential ratio, with the DAG's CPU
+    split by kind of process (stage actors, task workers, driver, Ray's own actors and daemons),
   - a per-stage table: each stage's ms per frame in the loop, as wall time (the rows' op_seconds) and
     as CPU time (every thread of the process, StageCPU), their sums, the frames/s the machine's cores
     allow at each sum, and the DAG's share of that bound,
@@ -81,6 +82,70 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class ProcessCPU:
+    """CPU seconds of each kind of process while a DAG runs (the stage actors, Ray's task workers, the
+    driver, Ray's own actors and daemons), from each process's own clock, sampled every `interval`
+    seconds so processes that start during the run count too. Reading CPU times is cheap, unlike
+    PeakMemory's PSS."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self._stop = interval, threading.Event()
+        self._first: dict[tuple, float] = {}
+        self._last: dict[tuple, tuple[str, float]] = {}
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        for p in psutil.process_iter(["cmdline", "create_time"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.pid != me and not any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/")):
+                continue
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            key, used = (p.pid, p.info["create_time"]), t.user + t.system
+            born_during = p.info["create_time"] >= self._start
+            self._first.setdefault(key, 0.0 if born_during else used)
+            kind = "driver" if p.pid == me else process_kind(cmd)
+            self._last[key] = (kind, used)
+
+    def __enter__(self):
+        self._start = time.time()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def seconds(self) -> dict[str, float]:
+        from collections import Counter
+
+        spent: Counter = Counter()
+        for key, (kind, used) in self._last.items():
+            spent[kind] += used - self._first[key]
+        return dict(spent.most_common())
+
+
+def process_kind(cmdline: str) -> str:
+    if "_OperatorActor" in cmdline:
+        return "stage actors"
+    if "ray::_Ledger" in cmdline:
+        return "crash ledger"
+    if cmdline.startswith("ray::") and "Agent" not in cmdline:
+        # Ray Data's own actors (stats, autoscaling coordinator, ...); the rest are task workers,
+        # named after the task they run or IDLE
+        return "Ray Data's actors" if "Actor" in cmdline or "Tracker" in cmdline else "task workers (probe, shots)"
+    return "Ray daemons (raylet, GCS, agents)"
 
 
 def rows_for(videos: list[Path], repeat: int) -> list[dict]:
@@ -187,21 +252,22 @@ def time_sequential(videos: list[Path], repeat: int, workdir: str, threads: int 
 
 
 def time_dag(videos: list[Path], repeat: int, out: str, fuse: bool = True,
-             memory: bool = False) -> tuple[float, int, float]:
-    """(wall seconds, peak memory bytes or 0, busy CPU seconds of the machine) of one DAG run.
+             memory: bool = False) -> tuple[float, int, float, dict[str, float]]:
+    """(wall seconds, peak memory bytes or 0, busy CPU seconds of the machine, CPU seconds by kind of
+    process) of one DAG run.
 
     memory=True samples the PSS of every process while it runs. Only the memory runs do: reading
     PSS walks each process's page tables, which on 2 cores took a third of the DAG's speed."""
     config = PreprocessConfig(fuse=fuse)
     run = PipelineRun("bench", "clips", RunContext(out), progress=False,
                       order=largest_first(None) if config.largest_first else None)
-    with PeakMemory() if memory else contextlib.nullcontext() as mem:
+    with PeakMemory() if memory else contextlib.nullcontext() as mem, ProcessCPU() as by_process:
         start, cpu_start = time.perf_counter(), busy_seconds()
         summary = run_pipeline(run, plan_stages(build_operators(config), config), rows_for(videos, repeat))
         elapsed, cpu = time.perf_counter() - start, busy_seconds() - cpu_start
     if summary.run_counts.get("failed"):
         raise SystemExit(f"DAG failed rows: {summary.errors}")
-    return elapsed, mem.peak if memory else 0, cpu
+    return elapsed, mem.peak if memory else 0, cpu, by_process.seconds()
 
 
 def main() -> None:
@@ -225,11 +291,14 @@ def main() -> None:
               f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: decord decodes in a thread of its own)")
         # warm the Ray workers' imports once so both DAG timings measure steady state
         time_dag(videos[:1], 1, os.path.join(work, "warm"))
-        dag, _, dag_cpu = time_dag(videos, args.repeat, os.path.join(work, "dag"))
+        dag, _, dag_cpu, dag_processes = time_dag(videos, args.repeat, os.path.join(work, "dag"))
         print(f"Ray DAG:           {n / dag:7.1f} frames/s   {1000 * dag_cpu / n:6.1f} CPU ms/frame   "
               f"DAG/sequential = {seq / dag:.2f}x, "
               f"DAG/sequential 1 thread = {seq1 / dag:.2f}x ({dag_cpu / dag:.2f} cores busy; per-track stages "
               "fused, one chain per worker: the default)")
+        rest = dag_cpu - sum(dag_processes.values())
+        print("  the DAG's CPU ms/frame by process: " + ", ".join(
+            f"{kind} {1000 * sec / n:.1f}" for kind, sec in [*dag_processes.items(), ("other processes", rest)]))
         # Doing the same CPU work, no scheduler can beat (cores) / (cores the loop already keeps busy).
         bound = (os.cpu_count() or 1) * seq / seq_cpu
         print(f"  bound for the same work on {os.cpu_count()} cores: {bound:.2f}x over the default loop "
@@ -237,11 +306,11 @@ def main() -> None:
               f"doing {dag_cpu / seq_cpu:.2f}x the loop's CPU seconds")
         print("per stage, measured in the sequential loop:")
         print(stage_table(seq_rows, seq_stage_cpu, n, n / dag))
-        staged, _, staged_cpu = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
+        staged, _, staged_cpu, _ = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
         print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
               f"({staged_cpu / staged:.2f} cores busy; one actor pool per stage, for comparison)")
-        _, peak_small, _ = time_dag(SAMPLES, 1, os.path.join(work, "mem1"), memory=True)
-        _, peak_big, _ = time_dag(SAMPLES, args.memory_repeat, os.path.join(work, "mem10"), memory=True)
+        _, peak_small, _, _ = time_dag(SAMPLES, 1, os.path.join(work, "mem1"), memory=True)
+        _, peak_big, _, _ = time_dag(SAMPLES, args.memory_repeat, os.path.join(work, "mem10"), memory=True)
         print(f"peak memory (driver + Ray workers), samples x1: {peak_small / 2**30:.2f} GiB, "
               f"x{args.memory_repeat}: {peak_big / 2**30:.2f} GiB (ratio {peak_big / peak_small:.2f})")
 
