@@ -125,8 +125,9 @@ def idle_worker_limit(cpus: int) -> int:
     holding every CPU's worker, each probe or shots task found no idle worker and started a new
     Python process (about 2 s of CPU), which Ray killed a second after the task: on 4 shared videos
     4 task workers were started per run and they spent 14.7 CPU ms per frame; at this limit 1 was
-    started and they spent 7.9 (preprocess, 2 cores, measured). An idle worker costs memory only."""
-    return 2 * cpus + 4
+    started and they spent 7.7 (preprocess, 2 cores, measured). A limit of 2 * cpus + 4 started no
+    fewer and kept more idle workers' memory."""
+    return cpus + 2
 
 
 def ray_logs_dir() -> str | None:
