@@ -98,15 +98,16 @@ class ProcessCPU:
     def _sample(self) -> None:
         me = os.getpid()
         for p in psutil.process_iter(["cmdline", "create_time"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if p.pid != me and not any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/")):
-                continue
+            cmd, created = " ".join(p.info.get("cmdline") or []), p.info.get("create_time")
+            if created is None or (p.pid != me and not any(k in cmd for k in ("ray::", "raylet", "gcs_server",
+                                                                                "ray/"))):
+                continue  # not a Ray process, or it ended while being read
             try:
                 t = p.cpu_times()
             except psutil.Error:
                 continue
-            key, used = (p.pid, p.info["create_time"]), t.user + t.system
-            born_during = p.info["create_time"] >= self._start
+            key, used = (p.pid, created), t.user + t.system
+            born_during = created >= self._start
             self._first.setdefault(key, 0.0 if born_during else used)
             kind = "driver" if p.pid == me else process_kind(cmd)
             self._last[key] = (kind, used)
@@ -275,44 +276,51 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", type=Path, default=DEFAULT_INPUTS)
     parser.add_argument("--repeat", type=int, default=1, help="input list repeats for the speed comparison")
     parser.add_argument("--memory-repeat", type=int, default=10, help="repeats for the flat-memory check")
+    parser.add_argument("--memory-only", action="store_true", help="only the flat-memory check")
     args = parser.parse_args()
     videos = args.inputs
     n = frames_of(videos, args.repeat)
     print(f"inputs: {[v.name for v in videos]} x{args.repeat} = {n} frames at 25 fps; {os.cpu_count()} CPUs")
     init_ray(progress=False)
     with tempfile.TemporaryDirectory() as work:
-        decode, decode_cpu = time_decode(videos, args.repeat)
-        print(f"decode alone:      {n / decode:7.1f} frames/s   {1000 * decode_cpu / n:6.1f} CPU ms/frame")
-        seq, seq_cpu, seq_rows, seq_stage_cpu = time_sequential(videos, args.repeat, work)
-        print(f"sequential loop:   {n / seq:7.1f} frames/s   {1000 * seq_cpu / n:6.1f} CPU ms/frame   (library "
-              f"default threads; {seq_cpu / seq:.2f} cores busy on average)")
-        seq1, seq1_cpu, _, _ = time_sequential(videos, args.repeat, work, threads=1)
-        print(f"sequential, 1 thread: {n / seq1:4.1f} frames/s   (OpenCV/torch/codecs capped at one thread, like "
-              f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: decord decodes in a thread of its own)")
-        # warm the Ray workers' imports once so both DAG timings measure steady state
-        time_dag(videos[:1], 1, os.path.join(work, "warm"))
-        dag, _, dag_cpu, dag_processes = time_dag(videos, args.repeat, os.path.join(work, "dag"))
-        print(f"Ray DAG:           {n / dag:7.1f} frames/s   {1000 * dag_cpu / n:6.1f} CPU ms/frame   "
-              f"DAG/sequential = {seq / dag:.2f}x, "
-              f"DAG/sequential 1 thread = {seq1 / dag:.2f}x ({dag_cpu / dag:.2f} cores busy; per-track stages "
-              "fused, one chain per worker: the default)")
-        rest = dag_cpu - sum(dag_processes.values())
-        print("  the DAG's CPU ms/frame by process: " + ", ".join(
-            f"{kind} {1000 * sec / n:.1f}" for kind, sec in [*dag_processes.items(), ("other processes", rest)]))
-        # Doing the same CPU work, no scheduler can beat (cores) / (cores the loop already keeps busy).
-        bound = (os.cpu_count() or 1) * seq / seq_cpu
-        print(f"  bound for the same work on {os.cpu_count()} cores: {bound:.2f}x over the default loop "
-              f"(it already keeps {seq_cpu / seq:.2f} cores busy); the DAG reaches {seq / dag / bound:.0%} of it, "
-              f"doing {dag_cpu / seq_cpu:.2f}x the loop's CPU seconds")
-        print("per stage, measured in the sequential loop:")
-        print(stage_table(seq_rows, seq_stage_cpu, n, n / dag))
-        staged, _, staged_cpu, _ = time_dag(videos, args.repeat, os.path.join(work, "staged"), fuse=False)
-        print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
-              f"({staged_cpu / staged:.2f} cores busy; one actor pool per stage, for comparison)")
+        if not args.memory_only:
+            speed(videos, args.repeat, n, work)
         _, peak_small, _, _ = time_dag(SAMPLES, 1, os.path.join(work, "mem1"), memory=True)
         _, peak_big, _, _ = time_dag(SAMPLES, args.memory_repeat, os.path.join(work, "mem10"), memory=True)
         print(f"peak memory (driver + Ray workers), samples x1: {peak_small / 2**30:.2f} GiB, "
               f"x{args.memory_repeat}: {peak_big / 2**30:.2f} GiB (ratio {peak_big / peak_small:.2f})")
+
+
+def speed(videos: list[Path], repeat: int, n: int, work: str) -> None:
+    """Decode alone, the loops, the DAG (by process, against the per-stage bound), the unfused DAG."""
+    decode, decode_cpu = time_decode(videos, repeat)
+    print(f"decode alone:      {n / decode:7.1f} frames/s   {1000 * decode_cpu / n:6.1f} CPU ms/frame")
+    seq, seq_cpu, seq_rows, seq_stage_cpu = time_sequential(videos, repeat, work)
+    print(f"sequential loop:   {n / seq:7.1f} frames/s   {1000 * seq_cpu / n:6.1f} CPU ms/frame   (library "
+          f"default threads; {seq_cpu / seq:.2f} cores busy on average)")
+    seq1, seq1_cpu, _, _ = time_sequential(videos, repeat, work, threads=1)
+    print(f"sequential, 1 thread: {n / seq1:4.1f} frames/s   (OpenCV/torch/codecs capped at one thread, like "
+          f"each DAG worker; {seq1_cpu / seq1:.2f} cores busy: decord decodes in a thread of its own)")
+    # warm the Ray workers' imports once so both DAG timings measure steady state
+    time_dag(videos[:1], 1, os.path.join(work, "warm"))
+    dag, _, dag_cpu, dag_processes = time_dag(videos, repeat, os.path.join(work, "dag"))
+    print(f"Ray DAG:           {n / dag:7.1f} frames/s   {1000 * dag_cpu / n:6.1f} CPU ms/frame   "
+          f"DAG/sequential = {seq / dag:.2f}x, "
+          f"DAG/sequential 1 thread = {seq1 / dag:.2f}x ({dag_cpu / dag:.2f} cores busy; per-track stages "
+          "fused, one chain per worker: the default)")
+    rest = dag_cpu - sum(dag_processes.values())
+    print("  the DAG's CPU ms/frame by process: " + ", ".join(
+        f"{kind} {1000 * sec / n:.1f}" for kind, sec in [*dag_processes.items(), ("other processes", rest)]))
+    # Doing the same CPU work, no scheduler can beat (cores) / (cores the loop already keeps busy).
+    bound = (os.cpu_count() or 1) * seq / seq_cpu
+    print(f"  bound for the same work on {os.cpu_count()} cores: {bound:.2f}x over the default loop "
+          f"(it already keeps {seq_cpu / seq:.2f} cores busy); the DAG reaches {seq / dag / bound:.0%} of it, "
+          f"doing {dag_cpu / seq_cpu:.2f}x the loop's CPU seconds")
+    print("per stage, measured in the sequential loop:")
+    print(stage_table(seq_rows, seq_stage_cpu, n, n / dag))
+    staged, _, staged_cpu, _ = time_dag(videos, repeat, os.path.join(work, "staged"), fuse=False)
+    print(f"Ray DAG, unfused:  {n / staged:7.1f} frames/s   DAG/sequential = {seq / staged:.2f}x "
+          f"({staged_cpu / staged:.2f} cores busy; one actor pool per stage, for comparison)")
 
 
 if __name__ == "__main__":
