@@ -19,7 +19,9 @@ from facefab.models.beautyrec import TINY_CONFIG, BeautyRECNet, BeautyRECPipelin
 from facefab.training.beautyrec import lip_colour_distance, synthetic_makeup
 from facefab.training.runtime import read_summary
 
-STEPS = 40
+# at 40 steps the lip check below failed in 2 of 4 runs (trained 15.1 against untrained 13.5; 12.7 against
+# source 11.4); at 80 steps, with the rows below, the trained distance was 1.9-7.9 against 13.5 in 3 runs
+STEPS = 80
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,8 @@ def test_training_on_two_zero2_workers_lowers_the_loss(trained):
 def test_the_export_moves_lips_toward_the_reference(trained, talking_root):
     assert json.loads((trained["export"] / "model_index.json").read_text())["_class_name"] == "BeautyRECPipeline"
     pipe = BeautyRECPipeline.from_pretrained(str(trained["export"]), device="cpu", dtype="fp32")
-    rows = sorted(read_manifest(talking_root).to_pylist(), key=lambda r: r["id"])
+    # by clip name, not id: ids come from the session's temporary paths, so the source would change per run
+    rows = sorted(read_manifest(talking_root).to_pylist(), key=lambda r: r["video_uri"].rsplit("/", 1)[-1])
     sources, source_labels = crops_and_labels(rows[0], 6)
     refs, ref_labels = crops_and_labels(rows[1], 1)
     reference = synthetic_makeup(refs[0], ref_labels[0], np.random.default_rng(3))  # a clearly made-up face
