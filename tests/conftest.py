@@ -135,6 +135,15 @@ def talking_root(tmp_path_factory, ray_local) -> str:
     return root
 
 
+@pytest.fixture(scope="session")
+def talking_clips(talking_root) -> dict:
+    """talking_root's rows by clip name ("drive_d6", "drive_d10"). Tests pick their row by name: row
+    ids come from the session's temporary paths, so the manifest's order changes from run to run."""
+    from facefab.manifests import read_manifest
+
+    return {Path(r["video_uri"]).stem: r for r in read_manifest(talking_root).to_pylist()}
+
+
 @pytest.fixture
 def animate_driving(shared_data, tmp_path):
     """A callable: `facefab animate --driving drive_d6 --checkpoint CHECKPOINT` on the hallo_3 portrait for

@@ -56,13 +56,11 @@ def test_training_on_two_zero2_workers_lowers_the_loss(trained):
 
 
 @pytest.mark.slow
-def test_the_export_moves_lips_toward_the_reference(trained, talking_root):
+def test_the_export_moves_lips_toward_the_reference(trained, talking_clips):
     assert json.loads((trained["export"] / "model_index.json").read_text())["_class_name"] == "BeautyRECPipeline"
     pipe = BeautyRECPipeline.from_pretrained(str(trained["export"]), device="cpu", dtype="fp32")
-    # by clip name, not id: ids come from the session's temporary paths, so the source would change per run
-    rows = sorted(read_manifest(talking_root).to_pylist(), key=lambda r: r["video_uri"].rsplit("/", 1)[-1])
-    sources, source_labels = crops_and_labels(rows[0], 6)
-    refs, ref_labels = crops_and_labels(rows[1], 1)
+    sources, source_labels = crops_and_labels(talking_clips["drive_d10"], 6)
+    refs, ref_labels = crops_and_labels(talking_clips["drive_d6"], 1)
     reference = synthetic_makeup(refs[0], ref_labels[0], np.random.default_rng(3))  # a clearly made-up face
 
     made_up = pipe(sources, reference, source_labels, ref_labels[0], batch_size=4)
@@ -79,7 +77,7 @@ def test_the_export_moves_lips_toward_the_reference(trained, talking_root):
 
 
 @pytest.mark.slow
-def test_facefab_makeup_runs_the_export(trained, talking_root, shared_data, tmp_path):
+def test_facefab_makeup_runs_the_export(trained, talking_clips, shared_data, tmp_path):
     """`facefab makeup --model beautyrec --checkpoint EXPORT`: every frame of the video, its size and rate,
     tagged with the model; the face is changed and the picture away from it is not."""
 
@@ -89,7 +87,7 @@ def test_facefab_makeup_runs_the_export(trained, talking_root, shared_data, tmp_
     from facefab.media import probe, read_metadata
     from facefab.media.provenance import read_tag
 
-    video = next(r["video_uri"] for r in read_manifest(talking_root).to_pylist() if "drive_d10" in r["video_uri"])
+    video = talking_clips["drive_d10"]["video_uri"]
     out = tmp_path / "out"
     assert main(["makeup", "--video", video, "--reference", str(shared_data / "portraits" / "lp_s1.jpg"),
                  "--model", "beautyrec", "--checkpoint", str(trained["export"]), "--max-duration", "1",

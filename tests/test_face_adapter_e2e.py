@@ -35,8 +35,8 @@ def trained(talking_root, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def clip(talking_root) -> dict:
-    row = read_manifest(talking_root).to_pylist()[0]
+def clip(talking_clips) -> dict:
+    row = talking_clips["drive_d6"]
     return load_aligned_clip(row, 64, 60, 2, None, "face-adapter")
 
 
@@ -86,7 +86,7 @@ def test_the_export_loads_and_swaps_and_reenacts(trained, clip):
 
 
 @pytest.mark.slow
-def test_facefab_swap_runs_the_export_in_both_modes(trained, talking_root, shared_data, tmp_path):
+def test_facefab_swap_runs_the_export_in_both_modes(trained, talking_clips, shared_data, tmp_path):
     """`facefab swap --model face-adapter --checkpoint EXPORT`: swap mode writes every frame of the video at
     its size and rate, the face changed and the picture away from it not; `--mode reenact` moves the source
     portrait (its size) through the video's frames, with the same export."""
@@ -97,7 +97,7 @@ def test_facefab_swap_runs_the_export_in_both_modes(trained, talking_root, share
     from facefab.media import probe, read_frames, read_image, read_metadata
     from facefab.media.provenance import read_tag
 
-    video = next(r["video_uri"] for r in read_manifest(talking_root).to_pylist() if "drive_d10" in r["video_uri"])
+    video = talking_clips["drive_d10"]["video_uri"]
     source = str(shared_data / "portraits" / "lp_s1.jpg")
     common = ["--video", video, "--source", source, "--model", "face-adapter", "--checkpoint", str(trained["group"]),
               "--max-duration", "0.6", "--no-progress"]

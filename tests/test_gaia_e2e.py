@@ -36,9 +36,9 @@ def trained(talking_root, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(talking_root) -> dict:
+def reference(talking_clips) -> dict:
     """The first frame of a clip's aligned crop at the tiny size, its mesh there, the clip's speech."""
-    row = read_manifest(talking_root).to_pylist()[0]
+    row = talking_clips["drive_d6"]
     size = tiny()["vae"]["image_size"]
     mesh, _, _, pose = clip_mesh(row, None, size)
     return {"image": read_frames(row["crop_uri"], end=0.2, size=(size, size))[0], "mesh": mesh[0],

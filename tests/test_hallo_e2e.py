@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from facefab.jobs.cli import main
-from facefab.manifests import read_manifest
 from facefab.media import read_audio, read_frames
 from facefab.models.hallo import HalloNet, HalloPipeline, tiny
 from facefab.models.shared.latents import PixelCodec
@@ -72,12 +71,12 @@ def test_stage2_continues_stage1_and_trains_only_its_parts(trained):
 
 
 @pytest.mark.slow
-def test_export_loads_and_animates_a_reference_crop_with_speech(trained, talking_root, shared_data):
+def test_export_loads_and_animates_a_reference_crop_with_speech(trained, talking_clips, shared_data):
     index = json.loads((trained["group"] / "model_index.json").read_text())
     assert index["_class_name"] == "HalloPipeline" and index["denoising_unet"][1] == "AudioUNetMotionModel"
     pipe = HalloPipeline.from_pretrained(str(trained["group"]), device="cpu", dtype="fp32")
     size = pipe.size
-    row = read_manifest(talking_root).to_pylist()[0]
+    row = talking_clips["drive_d6"]
     reference = read_frames(row["crop_uri"], end=0.2, size=(size, size))[0]
     points = read_frame_table(row["frames_uri"]).landmarks_in_crop()[0, :, :2] * (size / row["crop_size"])
     speech = read_audio(str(shared_data / "audio" / "speech_hallo1.wav"))

@@ -55,13 +55,13 @@ def test_facefab_animate_drives_a_portrait_with_the_trained_checkpoint(trained, 
 
 
 @pytest.mark.slow
-def test_facefab_animate_moves_a_portrait_along_trajectories_with_the_checkpoint(trained, talking_root, shared_data,
+def test_facefab_animate_moves_a_portrait_along_trajectories_with_the_checkpoint(trained, talking_clips, shared_data,
                                                                                   tmp_path):
     """`facefab animate --trajectories FLOW.npz --checkpoint CKPT/mofa-video`: the neural trajectory path
     (MofaVideoPipeline.animate_tracks on the portrait's aligned crop), one frame per track frame."""
     from facefab.media import probe
 
-    (track,) = [r for r in read_manifest(talking_root).to_pylist() if "drive_d6" in r["video_uri"]]
+    track = talking_clips["drive_d6"]
     out = str(tmp_path / "out")
     assert main(["animate", "--reference", str(shared_data / "portraits" / "hallo_3.jpg"), "--trajectories",
                  track["flow_uri"], "--checkpoint", str(trained["group"]), "--out", out, "--fps", "10",

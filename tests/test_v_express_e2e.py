@@ -21,8 +21,8 @@ from facefab.operators.track_row import read_frame_table
 from facefab.training.runtime import read_summary
 from facefab.training.v_express import VExpressSystem
 
-# 40 steps left the coarse-error check below at 0.65-0.82x of the untrained model's over four runs (one
-# failed its 0.8x); 80 steps gave 0.48-0.57x over three runs, for about 30 s more
+# at 40 steps the coarse-error check on one clip gave 0.65-0.82x of the untrained model's over four runs
+# (one failed its 0.8x); figures at 80 in test_the_trained_weights_pull_frames_toward_each_reference
 STEPS = 80
 FRAMES = 28  # two overlapping 24-frame windows
 
@@ -39,16 +39,19 @@ def trained(talking_root, tmp_path_factory) -> dict:
     return {"ckpt": ckpt, "group": ckpt / "v-express", "summary": read_summary(str(run))}
 
 
-@pytest.fixture(scope="module")
-def reference(talking_root) -> dict:
+def reference_of(row: dict) -> dict:
     """The first frame of a clip's aligned crop at the tiny size, its mesh there, the clip's speech."""
-    row = read_manifest(talking_root).to_pylist()[0]
     size = tiny()["size"]
     track = read_frame_table(row["frames_uri"])
     mesh = track.landmarks_in_crop()[..., :2] * (size / row["crop_size"])
     return {"image": read_frames(row["crop_uri"], end=0.2, size=(size, size))[0], "mesh": mesh[0],
             "audio": read_audio(row["crop_uri"], sample_rate=16000), "fps": float(row["fps"]),
             "pose": track.pose[:, :3] - track.pose[0, :3]}  # offsets from the first frame, as pose_source reads
+
+
+@pytest.fixture(scope="module")
+def references(talking_clips) -> dict:
+    return {name: reference_of(row) for name, row in talking_clips.items()}
 
 
 @pytest.mark.slow
@@ -65,11 +68,12 @@ def test_single_frame_stage_learns_on_two_zero2_workers(trained):
 
 
 @pytest.mark.slow
-def test_the_group_export_animates_a_reference(trained, reference):
+def test_the_group_export_animates_a_reference(trained, references):
     group = trained["group"]
     index = json.loads((group / "model_index.json").read_text())
     assert set(index) == {"_class_name", "reference_net", "denoising_unet", "v_kps_guider", "audio_projection"}
     pipe = VExpressPipeline.from_pretrained(str(group), device="cpu", dtype="fp32")
+    reference = references["drive_d6"]
     args = (reference["image"], reference["mesh"], reference["audio"], reference["fps"], FRAMES)
     steps = []
     frames = pipe(*args, seed=0, progress=lambda i, n: steps.append((i, n)))
@@ -77,23 +81,29 @@ def test_the_group_export_animates_a_reference(trained, reference):
     assert steps[-1] == (tiny()["sampling"]["steps"],) * 2
     assert frames.astype(float).std(axis=0).mean() > 2 and frames[0].astype(float).std() > 10  # not constant
 
-    # the trained weights matter: the frames' coarse content (blurred, averaged over time) is nearer the
-    # reference than an untrained pipeline's
-    import cv2
-
-    def coarse_error(video: np.ndarray) -> float:
-        return float(np.abs(cv2.blur(video.astype(np.float32).mean(0), (9, 9))
-                            - cv2.blur(reference["image"].astype(np.float32), (9, 9))).mean())
-
-    torch.manual_seed(0)
-    untrained = VExpressPipeline(VExpressNet.fresh(tiny()), PixelCodec(4), tiny())
-    untrained_frames = untrained(*args[:4], 8, seed=0)
-    assert coarse_error(frames[:8]) < 0.8 * coarse_error(untrained_frames), (coarse_error(frames[:8]),
-                                                                           coarse_error(untrained_frames))
-
     # a pose track moves the V-kps: other frames, the same shape
     posed = pipe(*args[:4], 24, pose=reference["pose"][:24], seed=0)
     assert posed.shape == (24, 64, 64, 3) and not np.array_equal(posed, frames[:24])
+
+
+@pytest.mark.slow
+def test_the_trained_weights_pull_frames_toward_each_reference(trained, references):
+    """The frames' coarse content (blurred, averaged over 8 frames) is nearer each clip's reference than
+    an untrained pipeline's, summed over both clips. Each training draws its own samples, and one clip
+    alone is noisy: over six trainings the ratio was 0.38-0.68x on drive_d10 (one CI run: 0.86x) and
+    0.42-0.52x on drive_d6; the sum 0.41-0.56x."""
+    import cv2
+
+    pipe = VExpressPipeline.from_pretrained(str(trained["group"]), device="cpu", dtype="fp32")
+    torch.manual_seed(0)
+    untrained = VExpressPipeline(VExpressNet.fresh(tiny()), PixelCodec(4), tiny())
+    errors = {"trained": {}, "untrained": {}}
+    for name, ref in references.items():
+        target = cv2.blur(ref["image"].astype(np.float32), (9, 9))
+        for kind, p in (("trained", pipe), ("untrained", untrained)):
+            video = p(ref["image"], ref["mesh"], ref["audio"], ref["fps"], 8, seed=0)
+            errors[kind][name] = float(np.abs(cv2.blur(video.astype(np.float32).mean(0), (9, 9)) - target).mean())
+    assert sum(errors["trained"].values()) < 0.8 * sum(errors["untrained"].values()), errors
 
 
 @pytest.mark.slow
