@@ -31,7 +31,7 @@ from facefab.operators.runtime import init_ray, limit_threads, quiet_console, ra
 
 from . import pools
 from .crash_budget import CrashBudget
-from .pools import Placement, describe, placement_now, plan_pools
+from .pools import Placement, StagePlan, describe, placement_now, plan_pools
 from .progress import RunProgress
 from .store_watch import StoreWatch
 
@@ -93,15 +93,18 @@ def _task_flat(row: dict[str, Any], op: Operator, threads: int = 1,
 
 
 def build_dataset(ds, operators: Sequence[Operator], ctx: RunContext, where: Placement | None = None,
-                  budget: CrashBudget | None = None, rows: int | None = None):
-    """Chain the operators onto a Ray Dataset as `plan_pools` plans them for `where` (default: the
-    connected Ray, see pools.placement_now); returns the new Dataset (lazy). With a `budget`, an
-    input whose worker keeps dying is failed after the budget's limit instead of retried."""
+                  budget: CrashBudget | None = None, rows: int | None = None,
+                  plans: Sequence[StagePlan] | None = None):
+    """Chain the operators onto a Ray Dataset as `plans` says (default: as `plan_pools` plans them
+    for `where`, itself by default the connected Ray, see pools.placement_now); returns the new
+    Dataset (lazy). With a `budget`, an input whose worker keeps dying is failed after the
+    budget's limit instead of retried."""
     from ray.data import ActorPoolStrategy
 
     ops = [op.with_context(ctx) for op in operators]
-    where = where or placement_now(ctx.use_gpu)
-    for op, plan in zip(ops, plan_pools(ops, where, rows), strict=True):
+    if plans is None:
+        plans = plan_pools(ops, where or placement_now(ctx.use_gpu), rows)
+    for op, plan in zip(ops, plans, strict=True):
         kwargs = {"op": op, "threads": plan.threads, "budget": budget}
         if op.stateful:
             ds = ds.map_batches(
@@ -275,9 +278,9 @@ def run_pipeline(run: PipelineRun, operators: Sequence[Operator], inputs: list[d
                 todo = [{**r, "source_id": r["id"], "status": STATUS_OK, "run_id": ctx.run_id} for r in todo]
                 ds = ray.data.from_items(todo, override_num_blocks=len(todo))
                 budget = CrashBudget(run.max_attempts, f"facefab-crash-budget-{ctx.run_id}")
-                ds = build_dataset(ds, operators, ctx, where, budget=budget, rows=len(todo))
-                log.info("%s: %s", run.name, "; ".join([describe(where), *(stage.line() for stage in
-                                                                            plan_pools(operators, where, len(todo)))]))
+                plans = plan_pools(operators, where, len(todo))
+                log.info("%s: %s", run.name, "; ".join([describe(where), *(plan.line() for plan in plans)]))
+                ds = build_dataset(ds, operators, ctx, budget=budget, plans=plans)
                 with quiet_console() as console, StoreWatch(ctx.out_root, ctx.storage_options) as watch:
                     progress = RunProgress(run.name, len(todo), enabled=run.progress, stream=console)
                     try:
