@@ -41,79 +41,30 @@ SHARED = REPO.parent / "shared" / "data" / "videos"
 DEFAULT_INPUTS = sorted(SHARED.glob("*.mp4")) or SAMPLES
 
 
-class PeakMemory:
-    """Samples the summed PSS of this process and every process of the Ray session.
-
-    PSS (proportional set size) splits each shared page between the processes that map it; a
-    plain RSS sum counts the shared libraries (torch, OpenCV, MediaPipe) and Ray's shared-memory
-    object store once per worker, so it grows with the number of workers, not with the data."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _total(self) -> int:
-        me = psutil.Process()
-        procs = [me, *me.children(recursive=True)]
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "default_worker" in cmd:
-                procs.append(p)
-        seen, total = set(), 0
-        for p in procs:
-            if p.pid in seen:
-                continue
-            seen.add(p.pid)
-            try:
-                total += p.memory_full_info().pss
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+RAY_MARKERS = ("ray::", "raylet", "gcs_server", "ray/")  # workers, daemons, agents (.../ray/..py)
 
 
-class ProcessCPU:
-    """CPU seconds of each kind of process while a DAG runs (the stage actors, Ray's task workers, the
-    driver, Ray's own actors and daemons), from each process's own clock, sampled every `interval`
-    seconds so processes that start during the run count too. Reading CPU times is cheap, unlike
-    PeakMemory's PSS."""
+def ray_processes():
+    """This process, its children and every process of the local Ray session, each once, as
+    (process, command line, start time); processes that end while being listed are left out."""
+    me = psutil.Process()
+    mine = {me.pid, *(c.pid for c in me.children(recursive=True))}
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        cmd, created = " ".join(p.info.get("cmdline") or []), p.info.get("create_time")
+        if created is not None and (p.pid in mine or any(k in cmd for k in RAY_MARKERS)):
+            yield p, cmd, created
 
-    def __init__(self, interval: float = 0.5):
-        self.interval, self._stop = interval, threading.Event()
-        self._first: dict[tuple, float] = {}
-        self._last: dict[tuple, tuple[str, float]] = {}
+
+class Sampler:
+    """Calls `_sample()` on entry, every `interval` seconds in a thread, and on exit."""
+
+    interval = 0.5
 
     def _sample(self) -> None:
-        me = os.getpid()
-        for p in psutil.process_iter(["cmdline", "create_time"]):
-            cmd, created = " ".join(p.info.get("cmdline") or []), p.info.get("create_time")
-            if created is None or (p.pid != me and not any(k in cmd for k in ("ray::", "raylet", "gcs_server",
-                                                                                "ray/"))):
-                continue  # not a Ray process, or it ended while being read
-            try:
-                t = p.cpu_times()
-            except psutil.Error:
-                continue
-            key, used = (p.pid, created), t.user + t.system
-            born_during = created >= self._start
-            self._first.setdefault(key, 0.0 if born_during else used)
-            kind = "driver" if p.pid == me else process_kind(cmd)
-            self._last[key] = (kind, used)
+        raise NotImplementedError
 
     def __enter__(self):
-        self._start = time.time()
+        self._start, self._stop = time.time(), threading.Event()
         self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -127,6 +78,48 @@ class ProcessCPU:
         self._stop.set()
         self._thread.join()
         self._sample()
+
+
+class PeakMemory(Sampler):
+    """The peak of the summed PSS of this process and every process of the Ray session.
+
+    PSS (proportional set size) splits each shared page between the processes that map it; a
+    plain RSS sum counts the shared libraries (torch, OpenCV, MediaPipe) and Ray's shared-memory
+    object store once per worker, so it grows with the number of workers, not with the data."""
+
+    interval = 0.2
+
+    def __init__(self):
+        self.peak = 0
+
+    def _sample(self) -> None:
+        total = 0
+        for p, _, _ in ray_processes():
+            with contextlib.suppress(psutil.Error):  # it ended while being read
+                total += p.memory_full_info().pss
+        self.peak = max(self.peak, total)
+
+
+class ProcessCPU(Sampler):
+    """CPU seconds of each kind of process while a DAG runs (the stage actors, Ray's task workers, the
+    driver, Ray's own actors and daemons), from each process's own clock, sampled so processes that
+    start during the run count too."""
+
+    def __init__(self):
+        self._first: dict[tuple, float] = {}
+        self._last: dict[tuple, tuple[str, float]] = {}
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        for p, cmd, created in ray_processes():
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue  # it ended while being read
+            key, used = (p.pid, created), t.user + t.system
+            self._first.setdefault(key, 0.0 if created >= self._start else used)
+            kind = "driver" if p.pid == me else process_kind(cmd)
+            self._last[key] = (kind, used)
 
     def seconds(self) -> dict[str, float]:
         from collections import Counter
