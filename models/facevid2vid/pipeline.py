@@ -20,26 +20,21 @@ absolute mode: the driving frame's own pose and expression on the reference's ca
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from ..shared.pipeline_folder import check_index
+from ..shared.pipeline_folder import check_index, write_index
 from ..weights import load_model, resolve_checkpoint
 from .model import FaceVid2VidModel, head_motion, relative_motion
-
-INDEX_FILE = "model_index.json"
 
 
 def save_pipeline(model: FaceVid2VidModel, folder: str) -> None:
     """`model` (safetensors) and model_index.json into the local `folder`."""
     model = getattr(model, "module", model)  # DDP / DeepSpeed wrappers
     model.save_pretrained(folder, safe_serialization=True)
-    with open(os.path.join(folder, INDEX_FILE), "w") as f:
-        json.dump({"_class_name": FaceVid2VidPipeline.__name__}, f, indent=2, sort_keys=True)
+    write_index(folder, FaceVid2VidPipeline.__name__, {})
 
 
 def _to_images(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
