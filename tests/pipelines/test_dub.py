@@ -489,13 +489,13 @@ def test_one_video_into_several_languages_is_analysed_once(shared_data, tmp_path
     assert np.array_equal(read_frames(fresh["out_uri"]), read_frames(shared[1]["out_uri"]))
 
 
-def test_a_preprocess_root_stands_in_for_the_video_analysis(talking_root, shared_data, tmp_path):
+def test_a_preprocess_root_stands_in_for_the_video_analysis(talking_root, talking_clips, shared_data, tmp_path):
     """--from-preprocess ROOT: a video the root has is dubbed from its face tracks (no detection, no mesh;
     the root's 25 fps tracks resampled to the video's 30 fps) and the dub matches an analysed one; a video
     it does not have is analysed; a root that is not one fails the row."""
     from facefab.face.scores import image_psnr
 
-    video = next(r["video_uri"] for r in read_manifest(talking_root).to_pylist() if "drive_d10" in r["video_uri"])
+    video = talking_clips["drive_d10"]["video_uri"]
     audio = str(tmp_path / "new.wav")
     write_audio(audio, read_audio(str(shared_data / "audio" / "speech_hallo1.wav"), end=2.0), 16000)
     rows = dub_inputs(video=video, audio=audio)

@@ -187,7 +187,7 @@ def test_trajectories_move_the_portrait_along_them_in_every_format(shared_data, 
     assert np.nanmax(np.abs(chins["json"] - chins["npz"])) < 1.0
 
 
-def test_trajectories_from_a_preprocess_root_by_clip(talking_root, shared_data, tmp_path):
+def test_trajectories_from_a_preprocess_root_by_clip(talking_root, talking_clips, shared_data, tmp_path):
     """`--trajectories ROOT#drive_d6` takes that track's flow trajectories and its clip's frame rate: the
     same video as from its flow artifact; a bare ROOT with two tracks, or an unknown clip, fails its row
     naming the tracks to choose from."""
@@ -196,7 +196,7 @@ def test_trajectories_from_a_preprocess_root_by_clip(talking_root, shared_data, 
     from facefab.pipelines.animate import animate_inputs, build_operators
     from facefab.pipelines.engine import run_local
 
-    (track,) = [r for r in read_manifest(talking_root).to_pylist() if "drive_d6" in r["video_uri"]]
+    track = talking_clips["drive_d6"]
     portrait = str(shared_data / "portraits" / "lp_s9.jpg")
     config = TrajectoryJobConfig(watermark=False, crf=12, max_duration=1.0, size=192)
     out = {}
