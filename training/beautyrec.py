@@ -3,7 +3,8 @@
 Unpaired training, as the paper's: no made-up version of a source exists, so the losses compare the output
 with the source (content) and with the reference (the colours of each makeup component).
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config image_size):
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed);
+S = config image_size):
 source (S,S,3) uint8 a frame of the row's aligned crop video (crop_uri), source_labels (S,S) uint8 its
 parsing labels (masks_uri, facefab.face.parsing.LABEL_NAMES); reference / reference_labels the same of a
 frame of ANOTHER clip of the same manifest (found by the artifact layout, ROOT/artifacts/<kind>/xx/<id>.*,
@@ -51,12 +52,13 @@ from facefab.models.beautyrec.pipeline import save_pipeline
 from facefab.models.shared.latents import to_unit
 
 from .dicts import deep_merge
-from .systems import SYSTEMS, TrainingSystemBase
+from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "samples_per_clip": 16,     # samples drawn from one clip per pass over the data
+    "seed": None,               # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "eval_pairs": 4,            # deterministic pairs per held-out clip
     "max_frames": 150,          # frames decoded per clip
     "reference_clips": 2,       # other clips a row's references are drawn from
@@ -310,9 +312,10 @@ class BeautyRECSystem(TrainingSystemBase):
         return net
 
     def make_samples(self, row: dict[str, Any], storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
-        """Random (source, reference) pairs, drawn afresh on every pass over the data."""
-        return self._pairs(row, storage_options, np.random.default_rng(), int(self.options["samples_per_clip"]),
-                           evaluation=False)
+        """Random (source, reference) pairs, drawn afresh on every pass over the data
+        unless the `seed` option is set (then the same pairs every pass)."""
+        rng = sample_rng(row, self.options["seed"])
+        return self._pairs(row, storage_options, rng, int(self.options["samples_per_clip"]), evaluation=False)
 
     def make_eval_samples(self, row: dict[str, Any], storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
         """Deterministic pairs: evenly spaced source frames, references from a seeded draw."""

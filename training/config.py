@@ -44,7 +44,9 @@ class TrainConfig:
     zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage 0, 1 or 2"})
     offload: bool = field(default=False, metadata={"help": "ZeRO-Offload the optimizer state to CPU"})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON config; its keys override the defaults"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={
+        "help": "seeds the model's initialisation, the local shuffle and the held-out split; the samples a clip "
+                "draws are fresh every pass unless --system-options sets {\"seed\": N}"})
     val_clips: int = field(default=1, metadata={"help": "clips held out for evaluation (when the manifest has no split)"})
     evaluate: bool = field(default=True, metadata={"help": "run the system's evaluate() at every checkpoint"})
     data_cpus: float = field(default=0.25, metadata={"help": "CPUs per Ray Data sample-building task"})

@@ -44,7 +44,7 @@ from facefab.models.shared.sampling import make_scheduler
 
 from .follow_your_emoji import load_aligned_clip
 from .reference_diffusion import COMMON_OPTIONS, ReferenceDiffusionSystem, noised, pick_reference
-from .systems import SYSTEMS
+from .systems import SYSTEMS, sample_rng
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     **COMMON_OPTIONS,         # see training.reference_diffusion; "train" picks from GROUPS
@@ -105,7 +105,7 @@ class FaceAdapterSystem(ReferenceDiffusionSystem):
                                  self.name)
         if clip is None:
             return []
-        return self.draw(clip, np.random.default_rng(), int(self.options["samples_per_clip"]))
+        return self.draw(clip, sample_rng(row, self.options["seed"]), int(self.options["samples_per_clip"]))
 
     def draw(self, clip: dict[str, np.ndarray], rng: np.random.Generator, count: int) -> list[dict[str, np.ndarray]]:
         """`count` (source, target) samples of one clip: the crops, the target's landmark image, the swap's

@@ -24,10 +24,11 @@ from facefab.models.facevid2vid.model import TINY_CONFIG, FaceVid2VidModel, tran
 from facefab.models.facevid2vid.pipeline import save_pipeline
 
 from .dicts import deep_merge
-from .systems import SYSTEMS, TrainingSystemBase
+from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "pairs_per_clip": 32,      # training samples drawn from one clip per pass over the data
+    "seed": None,               # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "eval_pairs": 8,           # driving frames per held-out clip for evaluate()
     "max_frames": 250,         # frames decoded per clip (10 s at 25 fps)
     "weights": {"reconstruction": 10.0, "equivariance": 1.0, "keypoint_prior": 1.0,
@@ -115,12 +116,13 @@ class FaceVid2VidSystem(TrainingSystemBase):
         return model
 
     def make_samples(self, row: dict[str, Any], storage_options: dict | None = None) -> list[dict[str, np.ndarray]]:
-        """Random (source, driving) pairs of one clip, drawn afresh on every pass over the data."""
+        """Random (source, driving) pairs of one clip, drawn afresh on every pass over the data
+        unless the `seed` option is set (then the same pairs every pass)."""
         frames, poses = self._load_clip(row, storage_options)
         n = len(frames)
         if n < 2:
             return []
-        rng = np.random.default_rng()
+        rng = sample_rng(row, self.options["seed"])
         count = int(self.options["pairs_per_clip"])
         src = rng.integers(0, n, count)
         drv = (src + rng.integers(1, n, count)) % n  # never the same frame

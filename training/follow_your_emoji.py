@@ -14,7 +14,7 @@ with the option `init` (that pipeline folder's weights start the run):
     facefab train follow-your-emoji --data ROOT --out CKPT --preset tiny
     facefab train follow-your-emoji --stage temporal --data ROOT --out CKPT --preset tiny --system-options '{"init": "CKPT/follow-your-emoji"}'
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config size, F =
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed); S = config size, F =
 num_frames): reference (S,S,3) uint8, a frame of the aligned crop at least `reference_margin` frames from
 the target window (fewer in short clips); target (F,S,S,3) uint8 consecutive frames; landmarks
 (F,S,S,3) uint8, their landmark images (models/follow_your_emoji/landmarks.py, from frames_uri's meshes);
@@ -49,7 +49,7 @@ from facefab.models.shared.latents import PixelCodec, VaeCodec, to_unit
 from facefab.models.shared.sampling import make_scheduler, training_target
 
 from .dicts import deep_merge
-from .systems import SYSTEMS, TrainingSystemBase
+from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 from .v_express import _reference_trained, min_snr_weights
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "num_frames": 1,                # frames per sample (the stage sets it)
     "train": [],                    # parameter groups trained (the stage sets it): see TRAINABLE
     "samples_per_clip": 8,
+    "seed": None,             # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "max_frames": 250,              # frames decoded per clip
     "reference_margin": 30,         # frames between the reference and the target window
     "uncond_ratio": 0.1,            # batches denoised without the reference (classifier-free guidance)
@@ -179,7 +180,7 @@ class FollowYourEmojiSystem(TrainingSystemBase):
         clip = self._load_clip(row, storage_options)
         if clip is None:
             return []
-        return self._draw(clip, np.random.default_rng(), int(self.options["samples_per_clip"]))
+        return self._draw(clip, sample_rng(row, self.options["seed"]), int(self.options["samples_per_clip"]))
 
     def loss(self, model: FollowYourEmojiNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         opts = self.options

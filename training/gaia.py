@@ -58,8 +58,8 @@ from facefab.models.shared.sampling import make_scheduler, noisy_batch
 from .dicts import deep_merge
 from .export import merge_into
 from .facevid2vid import psnr
-from .mytalk import _merge, _rng, clip_mel_windows
-from .systems import PIPELINES, SYSTEMS, TrainingSystemBase
+from .mytalk import _merge, clip_mel_windows
+from .systems import PIPELINES, SYSTEMS, TrainingSystemBase, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,6 @@ def clip_mesh(row: dict, storage_options: dict | None, size: int
     pose = track.pose[:, :3]
     pose = fill_missing(pose)[0] if np.isfinite(pose).all(axis=1).any() else None
     return mesh, valid, track.frame_index, pose
-
-
-def sample_rng(row: dict, seed: int | None) -> np.random.Generator:
-    """Fresh draws (seed None), or the same draws for the same row and seed."""
-    return np.random.default_rng() if seed is None else _rng(row, int(seed))
 
 
 def _read_crops(row: dict, storage_options: dict | None, size: int, max_frames: int) -> np.ndarray:

@@ -18,7 +18,7 @@ stage2 without it starts from fresh parts and warns, since its export replaces w
     facefab train hallo --stage stage1 --data ROOT --out CKPT --preset tiny
     facefab train hallo --data ROOT --out CKPT --preset tiny --system-options '{"init": "CKPT/hallo"}'
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config size, F =
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed); S = config size, F =
 num_frames, k = motion_frames): reference (S,S,3) uint8, a frame at least `reference_margin` frames from
 the target (fewer in short clips); target (F,S,S,3) uint8 consecutive frames of the aligned crop video;
 motion (k,S,S,3) uint8, the k frames before the target (stage2); face_region (S,S) uint8, the clip's
@@ -50,7 +50,7 @@ from facefab.models.shared.sampling import make_scheduler, training_target
 
 from .dicts import deep_merge
 from .mytalk import clip_mel_windows
-from .systems import SYSTEMS, TrainingSystemBase
+from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 from .v_express import min_snr_weights
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "speech": True,              # samples carry speech features and region masks (stage 2)
     "train": [],                 # parameter groups trained (the stage sets it): see TRAINABLE
     "samples_per_clip": 8,       # samples drawn from one clip per pass over the data
+    "seed": None,                # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "max_frames": 250,           # frames decoded per clip
     "reference_margin": 30,      # frames between the reference and the target (official sample_margin)
     "uncond_image_ratio": 0.05,
@@ -173,7 +174,7 @@ class HalloSystem(TrainingSystemBase):
         clip = self._load_clip(row, storage_options)
         if clip is None:
             return []
-        return self._draw(clip, np.random.default_rng(), int(self.options["samples_per_clip"]))
+        return self._draw(clip, sample_rng(row, self.options["seed"]), int(self.options["samples_per_clip"]))
 
     def loss(self, model: HalloNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         opts = self.options

@@ -19,7 +19,7 @@ two training stages (configs/train/train_stage1.yaml, train_stage2.yaml) as two 
 Every stage exports the whole pipeline folder (facefab.models.megactor.pipeline), merged into
 CKPT_ROOT/megactor/, which `MegActorPipeline.from_pretrained` loads after either stage.
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config size, F =
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed); S = config size, F =
 num_frames): reference (S,S,3) uint8, a frame of the aligned crop at least `reference_margin` frames from
 the target window; target (F,S,S,3) uint8 consecutive frames; driving (F,S,S,3) uint8, those frames through
 the official face-region preprocessing (models/megactor/driving.py: the face box kept and greyed, or with
@@ -59,7 +59,7 @@ from facefab.models.shared.sampling import make_scheduler
 
 from .follow_your_emoji import load_aligned_clip
 from .reference_diffusion import COMMON_OPTIONS, ReferenceDiffusionSystem, encode_frames, noised, pick_reference
-from .systems import SYSTEMS
+from .systems import SYSTEMS, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class MegActorSystem(ReferenceDiffusionSystem):
                                  storage_options, self.name)
         if clip is None:
             return []
-        return self._draw(clip, np.random.default_rng(), int(self.options["samples_per_clip"]))
+        return self._draw(clip, sample_rng(row, self.options["seed"]), int(self.options["samples_per_clip"]))
 
     def loss(self, model: MegActorNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device

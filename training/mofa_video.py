@@ -12,7 +12,7 @@ Here two stages (`--stage`) pick the trained parameter groups (controlnet, cmp, 
     facefab train mofa-video --data ROOT --out CKPT --preset tiny
     facefab train mofa-video --stage adapter --data ROOT --out CKPT --system-options '{"init": "DST", "vae": "DST/vae"}'
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config size, F =
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed); S = config size, F =
 config num_frames): target (F,S,S,3) uint8 frames every `stride` frames of the aligned crop, the first one
 the reference (SVD image-to-video); sparse / mask (F-1,2,S,S) float32 the keypoint hints (the 68 iBUG
 points' motion from the first frame, at their first-frame pixels: models/mofa_video/flow.sparse_hints);
@@ -49,7 +49,7 @@ from facefab.models.shared.latents import PixelCodec, VaeCodec, to_unit
 
 from .follow_your_emoji import load_aligned_clip
 from .reference_diffusion import COMMON_OPTIONS, Group, ReferenceDiffusionSystem, encode_frames
-from .systems import SYSTEMS
+from .systems import SYSTEMS, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class MofaVideoSystem(ReferenceDiffusionSystem):
         starts = np.flatnonzero(whole)
         if not len(starts):
             return []
-        rng = np.random.default_rng()
+        rng = sample_rng(row, self.options["seed"])
         subset, radius = self.config["keypoints"]["subset"], int(self.config["keypoints"]["radius"])
         samples = []
         for start in rng.choice(starts, size=int(self.options["samples_per_clip"])):

@@ -31,7 +31,6 @@ systems; neither has sub-stages (`--stage`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from typing import ClassVar
@@ -56,14 +55,9 @@ from facefab.models.shared.speech import audio_mel_windows
 from facefab.operators.track_row import read_frame_table
 
 from .export import merge_into
-from .systems import PIPELINES, SYSTEMS, TrainingSystemBase
+from .systems import PIPELINES, SYSTEMS, TrainingSystemBase, sample_rng
 
 log = logging.getLogger(__name__)
-
-
-def _rng(row: dict, seed: int) -> np.random.Generator:
-    key = str(row.get("id") or row.get("crop_uri"))
-    return np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)])
 
 
 def _merge(defaults: dict, overrides: dict | None, cls) -> dict:
@@ -176,7 +170,7 @@ class MyTalkMotionSystem(_MyTalkPart):
         if n < t:
             log.warning("%s: %d frames, fewer than one window of %d: no motion samples", row.get("id"), n, t)
             return []
-        rng, r = _rng(row, self.seed), self.config["num_ref_frames"]
+        rng, r = sample_rng(row, self.seed), self.config["num_ref_frames"]
         known = np.flatnonzero(valid[:n])
         samples = []
         for start in range(0, n - t + 1, self.stride or t):
@@ -228,7 +222,7 @@ class MyTalkRenderSystem(_MyTalkPart):
             log.warning("%s: %d frames with landmarks, too few for %d references", row.get("id"), len(known),
                         c["num_refs"])
             return []
-        rng = _rng(row, self.seed)
+        rng = sample_rng(row, self.seed)
         box = lip_box(points[known], c["box_scale"])
         frames = known[np.round(np.linspace(0, len(known) - 1, min(self.samples_per_clip, len(known)))).astype(int)]
         boxes = {}

@@ -16,15 +16,27 @@ and the models); `facefab.training.catalog.load_systems()` does, and fills SYSTE
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
 
 from facefab.manifests.registry import Registry
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 Sample = dict[str, "np.ndarray"]
+
+
+def sample_rng(row: dict[str, Any], seed: int | None) -> np.random.Generator:
+    """The generator a system's make_samples draws from: fresh draws on every call (seed None, the
+    default: every pass over the data sees new samples), or the same draws for the same row and seed
+    (the `seed` system option: a reproducible run, each pass seeing the same samples)."""
+    if seed is None:
+        return np.random.default_rng()
+    key = str(row.get("id") or row.get("crop_uri"))
+    return np.random.default_rng([int(seed), int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)])
 
 
 class TrainingSystem(Protocol):

@@ -18,7 +18,7 @@ parts and warns, as its export would replace the earlier stages' weights):
     facefab train v-express --stage temporal --data ROOT --out CKPT --preset tiny --system-options '{"init": "CKPT/v-express"}'
     facefab train v-express --data ROOT --out CKPT --preset tiny --system-options '{"init": "CKPT/v-express"}'
 
-Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass; S = config size, F =
+Samples (one preprocess row -> `samples_per_clip`, drawn afresh every pass (fixed by option seed); S = config size, F =
 num_frames, L = speech tokens per frame): reference (S,S,3) uint8, a frame of the aligned crop video at
 least `reference_margin` frames from the target window (fewer in short clips); target (F,S,S,3) uint8
 consecutive frames; kps (F,3,2) float32 V-kps in pixels (from frames_uri's landmarks; drawn into images
@@ -49,7 +49,7 @@ from facefab.models.v_express.v_kps_guider import kps_images, v_kps_points
 
 from .dicts import deep_merge
 from .mytalk import clip_mel_windows
-from .systems import SYSTEMS, TrainingSystemBase
+from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "num_frames": 8,            # frames per sample (the stage sets it)
     "train": [],                # parameter groups trained (the stage sets it): see TRAINABLE
     "samples_per_clip": 8,      # samples drawn from one clip per pass over the data
+    "seed": None,               # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "max_frames": 250,          # frames decoded per clip
     "reference_margin": 30,     # frames between the reference and the target window (official)
     "flip_rate": 0.5,
@@ -201,7 +202,7 @@ class VExpressSystem(TrainingSystemBase):
         clip = self._load_clip(row, storage_options)
         if clip is None:
             return []
-        return self._draw(clip, np.random.default_rng(), int(self.options["samples_per_clip"]))
+        return self._draw(clip, sample_rng(row, self.options["seed"]), int(self.options["samples_per_clip"]))
 
     def loss(self, model: VExpressNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         opts, size = self.options, int(self.config["size"])
