@@ -28,7 +28,7 @@ from .systems import SYSTEMS, TrainingSystemBase, sample_rng
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "pairs_per_clip": 32,      # training samples drawn from one clip per pass over the data
-    "seed": None,               # None: fresh samples every pass; an int: the same samples every pass (reproducible)
+    "seed": None,              # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "eval_pairs": 8,           # driving frames per held-out clip for evaluate()
     "max_frames": 250,         # frames decoded per clip (10 s at 25 fps)
     "weights": {"reconstruction": 10.0, "equivariance": 1.0, "keypoint_prior": 1.0,

@@ -58,7 +58,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "num_frames": 1,                # frames per sample (the stage sets it)
     "train": [],                    # parameter groups trained (the stage sets it): see TRAINABLE
     "samples_per_clip": 8,
-    "seed": None,             # None: fresh samples every pass; an int: the same samples every pass (reproducible)
+    "seed": None,                   # None: fresh samples every pass; an int: the same samples every pass (reproducible)
     "max_frames": 250,              # frames decoded per clip
     "reference_margin": 30,         # frames between the reference and the target window
     "uncond_ratio": 0.1,            # batches denoised without the reference (classifier-free guidance)
