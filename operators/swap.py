@@ -94,7 +94,7 @@ class SwapFace(FaceVideoEditor):
     """(video_uri, reference_uri) -> the face-swapped mp4 at `out_uri`."""
 
     name = "swap_face"
-    version = "1"
+    version = "2"  # 2: a fringed source's face ends at the eyes
     model_name = "face-adapter"
     model_label = "weightfree-swap"
     Config = SwapJobConfig

@@ -125,3 +125,35 @@ def test_a_still_and_the_reenact_mode(shared_data, tmp_path, ray_local):
     print(f"reenact: mouth opening r={r:.3f}")
     assert r >= 0.8
     assert main(["swap", "--image", still, "--source", source, "--mode", "reenact", "--out", str(out)]) == 2
+
+
+def test_a_fringed_source_leaves_the_video_faces_brows_and_forehead(shared_data):
+    """lp_s1's fringe hides her brows: the new face ends at the eyes and the video face's brows and
+    forehead stay the video's, where without the fringe rule her fringe is pasted over them."""
+    from facefab.models.swap.weightfree import SwapConfig, WeightFreeSwap
+
+    portraits = {name: read_image(str(shared_data / "portraits" / f"{name}.jpg"))
+                 for name in ("lp_s1", "lp_s9", "hallo_2", "hallo_3")}
+    meshes = {name: largest_face_landmarks(image[None])[0] for name, image in portraits.items()}
+    swap, plain = WeightFreeSwap(), WeightFreeSwap(SwapConfig(fringe=0))
+    assert {name: swap.source(portraits[name], meshes[name]).fringe for name in portraits} == {
+        "lp_s1": True, "lp_s9": False, "hallo_2": False, "hallo_3": False}
+
+    frame = read_frames(str(shared_data / "videos" / "drive_d10.mp4"), end=0.04)[0]
+    points = largest_face_landmarks(frame[None])[0]
+    outputs = {}
+    for name, model in (("fringe", swap), ("plain", plain)):
+        source = model.source(portraits["lp_s1"], meshes["lp_s1"])
+        outputs[name] = model.render(frame, points, source, model.plan(source, points[None]), 0)
+    up = points[10, :2] - points[152, :2]
+    up /= np.linalg.norm(up)
+    ys, xs = np.mgrid[0:frame.shape[0], 0:frame.shape[1]]
+    height = xs * up[0] + ys * up[1]
+    oval = np.zeros(frame.shape[:2], np.uint8)
+    cv2.fillPoly(oval, [np.round(points[swap.oval, :2]).astype(np.int32)], 1)
+    brows = float(np.max(points[swap.brows, :2] @ up))
+    forehead = oval.astype(bool) & (height > brows - 0.1 * (brows - float(np.mean(points[[468, 473], :2] @ up))))
+    changed = {name: np.abs(out[forehead].astype(int) - frame[forehead]).mean() for name, out in outputs.items()}
+    assert changed["fringe"] < 0.5 and changed["plain"] > 10, changed
+    below = oval.astype(bool) & (height < float(points[4, :2] @ up))  # the cheeks, nose and mouth: the source's
+    assert np.abs(outputs["fringe"][below].astype(int) - frame[below]).mean() > 5
