@@ -153,7 +153,8 @@ class WeightFreeSwap:
             raise ValueError("the source's mesh needs its z column")
         lab = to_lab(image)
         iod = inter_ocular(points)
-        skin = colour_of(lab, self._skin(points, image.shape), max(1, round(0.04 * iod)))
+        skin_mask = self._skin(points, image.shape)
+        skin = colour_of(lab, skin_mask, max(1, round(0.04 * iod)))
         if skin is None:
             raise ValueError("the source face shows too little skin to colour-match")
         # the texture fades in from the source's outline: a turned head's silhouette shows background or hair
@@ -163,10 +164,12 @@ class WeightFreeSwap:
         inside = cv2.distanceTransform(oval, cv2.DIST_L2, 5)
         keep *= np.clip(inside / max(self.config.edge_margin * iod, 1.0), 0.0, 1.0)
         triangles = np.concatenate([mesh_triangles(), eye_triangles(points, self.contours)])
-        fringe = self.config.fringe > 0 and self._forehead_texture(lab[..., 0], points, oval) > self.config.fringe
+        fringe = (self.config.fringe > 0
+                  and self._forehead_texture(lab[..., 0], points, oval, skin_mask) > self.config.fringe)
         return SourceFace(image, points, skin, keep.astype(np.float32), triangles, fringe)
 
-    def _forehead_texture(self, lightness: np.ndarray, points: np.ndarray, oval: np.ndarray) -> float:
+    def _forehead_texture(self, lightness: np.ndarray, points: np.ndarray, oval: np.ndarray,
+                          skin: np.ndarray) -> float:
         """The local spread of lightness in a band just above the brows over the cheeks': skin is smooth at
         this scale and hair is streaked (a fringe measured 1.35-2.6, bare foreheads 0.55-0.9 on the shared
         portraits and video faces). 0 when either region is too small to say."""
@@ -175,14 +178,11 @@ class WeightFreeSwap:
         mean = cv2.GaussianBlur(lightness, (0, 0), sigma)
         spread = np.sqrt(np.maximum(cv2.GaussianBlur(lightness * lightness, (0, 0), sigma) - mean * mean, 0.0))
         inner = cv2.erode(oval, np.ones((2 * max(1, round(0.1 * iod)) + 1,) * 2, np.uint8)).astype(bool)
-        up = points[10, :2] - points[152, :2]
-        up /= max(np.linalg.norm(up), 1e-6)
-        ys, xs = np.mgrid[0:oval.shape[0], 0:oval.shape[1]].astype(np.float32)
-        height = xs * up[0] + ys * up[1]
+        up, height = _upward(points, oval.shape)
         brows, eyes = float(np.max(points[self.brows, :2] @ up)), float(np.mean(points[[468, 473], :2] @ up))
         band = inner & (height > brows) & (height < brows + 0.4 * iod)
         cheeks = inner & (height < eyes - 0.3 * iod) & (height > float(points[4, :2] @ up))
-        cheeks &= self._skin(points, oval.shape)
+        cheeks &= skin
         if band.sum() < 20 or cheeks.sum() < 20:
             return 0.0
         return float(np.median(spread[band]) / max(float(np.median(spread[cheeks])), 1e-3))
@@ -276,17 +276,24 @@ class WeightFreeSwap:
         soft = feathered(face, self.config.feather * iod)
         # the new face ends above the higher of its brows and the video face's own (no second pair shows): a
         # source's forehead is often under hair, and the video face's forehead joins it there
-        up = video[10] - video[152]
-        up /= max(np.linalg.norm(up), 1e-6)
+        up, height = _upward(video, (h, w))
         if fringe:  # the source's brows are under hair: the video face's brows and forehead stay
             top, margin = float(np.max(target[self.eyes] @ up)), 0.5 * self.config.brow_margin * iod
         else:
             top = max(float(np.max(target[self.brows] @ up)), float(np.max(video[self.brows] @ up)))
             margin = self.config.brow_margin * iod
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        soft *= 1.0 - np.clip((xs * up[0] + ys * up[1] - top) / max(margin, 1.0), 0.0, 1.0)
+        soft *= 1.0 - np.clip((height - top) / max(margin, 1.0), 0.0, 1.0)
         mouth_soft = cv2.GaussianBlur(mouth.astype(np.float32), (0, 0), sigmaX=max(0.5, 0.02 * iod))
         return (soft * (1.0 - mouth_soft)).astype(np.float32)
+
+
+def _upward(points: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The face's unit chin-to-forehead direction (mesh point 152 to 10) and each pixel's height along it,
+    an (H, W) map (a point's height is `xy @ up`)."""
+    up = points[10, :2] - points[152, :2]
+    up = up / max(np.linalg.norm(up), 1e-6)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    return up, xs * up[0] + ys * up[1]
 
 
 def _masked_blur(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
